@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     "LogNormal": "sinkmatch.priors",
     "Uniform": "sinkmatch.priors",
     "Empirical": "sinkmatch.priors",
+    "Exponential": "sinkmatch.priors.simple",
     "HeadRedistributed": "sinkmatch.priors",
     "CountPrior": "sinkmatch.priors",
     "solve_lambda": "sinkmatch.priors",
@@ -32,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "fit_lognormal": "sinkmatch.priors",
     "fit_exponential": "sinkmatch.priors",
     "compare_fits": "sinkmatch.priors",
+    "Comparison": "sinkmatch.priors.fit",
     # costs and solver
     "get_cost": "sinkmatch.costs",
     "SinkhornResult": "sinkmatch.sinkhorn",
