@@ -1,0 +1,156 @@
+"""Benchmarks of the Sinkhorn solver on the CSS-CCNN workload.
+
+The workload (Babu Sam et al., CSS-CCNN): 1-D points, squared cost, ε = 0.1 in count² units;
+``y`` = 1,568 samples of a truncated power law (α = 2, λ = 0.03, c ≥ 1; values below 1.2
+replaced by U(0, 1.2)), ``x`` = 288 or 1,568 predictions ``clip(0.7 · prior draw + N(0, 1), 0)``
+(exact zeros and ties, a heavy tail). Plain Sinkhorn does not converge there in 1,000 iterations.
+
+Run the timed benchmarks (forward + backward)::
+
+    python -m pytest benchmarks/bench_sinkhorn.py --benchmark-enable -p no:cacheprovider
+
+Run the iteration study and the large online-memory measurement, writing CSV::
+
+    python benchmarks/bench_sinkhorn.py --out benchmarks/results/sinkhorn.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sinkmatch.sinkhorn import sinkhorn
+
+
+def power_law_samples(
+    n: int, rng: np.random.Generator, alpha=2.0, lam=0.03, shift=1.2
+) -> np.ndarray:
+    """Truncated power law p(c) ∝ c^-α e^(-λc) on c ≥ 1 by inverse CDF on a fine grid."""
+    grid = np.linspace(1.0, 1.0 + 60.0 / lam, 400_001)
+    pdf = grid ** (-alpha) * np.exp(-lam * grid)
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(grid))])
+    cdf /= cdf[-1]
+    s = np.interp(rng.random(n), cdf, grid)
+    low = s < shift
+    s[low] = rng.uniform(0.0, shift, int(low.sum()))
+    return s
+
+
+def css_workload(n_pred: int = 1568, n_prior: int = 1568, seed: int = 0, dtype=torch.float32):
+    """Predictions x (n_pred,) and prior samples y (n_prior,) of the CSS-CCNN loss."""
+    rng = np.random.default_rng(seed)
+    y = power_law_samples(n_prior, rng)
+    x = np.clip(0.7 * power_law_samples(n_pred, rng) + rng.normal(size=n_pred), 0.0, None)
+    return torch.tensor(x, dtype=dtype), torch.tensor(y, dtype=dtype)
+
+
+def forward_backward(x: torch.Tensor, y: torch.Tensor, **kw):
+    xx = x.clone().requires_grad_()
+    res = sinkhorn(xx, y, eps=0.1, **kw)
+    res.value.backward()
+    return res, xx.grad
+
+
+@pytest.mark.parametrize("n_pred", [288, 1568])
+@pytest.mark.parametrize("init", ["exact1d", None])
+def test_bench_css_workload(benchmark, n_pred, init):
+    torch.set_num_threads(1)
+    x, y = css_workload(n_pred=n_pred)
+    res, grad = benchmark(forward_backward, x, y, init=init)
+    benchmark.extra_info.update(n_iter=res.n_iter, marginal_error=float(res.marginal_error.max()))
+    assert res.converged.all() and torch.isfinite(grad).all()
+
+
+def iteration_study(writer, threads: int = 1) -> None:
+    torch.set_num_threads(threads)
+    configs = {
+        "exact1d, no scaling (default with init)": dict(init="exact1d"),
+        "exact1d, eps-scaling from 8 eps": dict(init="exact1d", eps_start=0.8),
+        "cold, eps-scaling from diameter (default)": dict(),
+        "cold, no scaling": dict(eps_scaling=None),
+    }
+    for n_pred in (288, 1568):
+        x, y = css_workload(n_pred=n_pred)
+        for name, kw in configs.items():
+            t0 = time.perf_counter()
+            res, _grad = forward_backward(x, y, **kw)
+            wall = time.perf_counter() - t0
+            row = dict(
+                study="css_iterations",
+                n_pred=n_pred,
+                n_prior=len(y),
+                config=name,
+                n_iter=res.n_iter,
+                marginal_error=f"{float(res.marginal_error.max()):.3g}",
+                seconds_fwd_bwd=f"{wall:.3f}",
+                peak_rss_mib="",
+            )
+            writer.writerow(row)
+            print(row, flush=True)
+
+
+def online_memory(writer, n: int = 16384, max_iter: int = 3) -> None:
+    """Peak resident memory (ru_maxrss, whole process) of an online solve with N = M = n, 3-D points."""
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, generator=g).requires_grad_()
+    y = torch.randn(n, 3, generator=g)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    res = sinkhorn(x, y, eps=0.1, backend="online", max_iter=max_iter, eps_scaling=None)
+    res.value.backward()
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row = dict(
+        study="online_memory",
+        n_pred=n,
+        n_prior=n,
+        config=f"online, {max_iter} iterations, D=3, fwd+bwd",
+        n_iter=res.n_iter,
+        marginal_error="",
+        seconds_fwd_bwd=f"{wall:.3f}",
+        peak_rss_mib=f"{after:.0f} (before: {before:.0f}; a dense float32 cost would be {n * n * 4 / 2**20:.0f})",
+    )
+    writer.writerow(row)
+    print(row, flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sinkhorn.csv"))
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as fh:
+        fh.write(
+            f"# torch {torch.__version__}, python {sys.version.split()[0]}, {platform.platform()}, "
+            f"{platform.processor() or platform.machine()}\n"
+        )
+        fields = [
+            "study",
+            "n_pred",
+            "n_prior",
+            "config",
+            "n_iter",
+            "marginal_error",
+            "seconds_fwd_bwd",
+            "peak_rss_mib",
+        ]
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        if not args.skip_memory:
+            online_memory(writer)  # first, so that ru_maxrss is not dominated by the study
+        iteration_study(writer)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Softmin backends and the rule that picks one.
+
+``get_backend("auto", ...)`` chooses, in order:
+
+1. ``triton`` when the tensors are on CUDA, ``import triton`` succeeds and the cost is a named
+   one (``"sqeuclidean"`` or ``"euclidean"``);
+2. ``dense`` when ``B·N·M ≤ 2^24`` (the cost matrix is at most 64 MiB in float32), and always
+   for callable costs (only the dense backend can evaluate them);
+3. ``online`` otherwise (``O(N + M)`` memory per problem).
+
+Backends are imported lazily; Triton is only imported when it is asked for or when the ``auto``
+rule sees CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Union
+
+from torch import Tensor
+
+from sinkmatch.backends.base import SoftminBackend
+from sinkmatch.costs import Cost
+
+__all__ = ["AUTO_DENSE_MAX_ELEMENTS", "SoftminBackend", "get_backend"]
+
+AUTO_DENSE_MAX_ELEMENTS = 1 << 24
+_NAMES = ("auto", "dense", "online", "triton")
+
+
+def _triton_importable() -> bool:
+    try:
+        importlib.import_module("triton")
+    except ImportError:
+        return False
+    return True
+
+
+def _make(name: str) -> SoftminBackend:
+    if name == "dense":
+        from sinkmatch.backends.dense import DenseSoftmin
+
+        return DenseSoftmin()
+    if name == "online":
+        from sinkmatch.backends.online import OnlineSoftmin
+
+        return OnlineSoftmin()
+    from sinkmatch.backends.triton import TritonSoftmin  # raises if Triton is missing
+
+    return TritonSoftmin()
+
+
+def get_backend(
+    backend: Union[str, SoftminBackend], *, x: Tensor, y: Tensor, cost: Cost
+) -> SoftminBackend:
+    """Resolve a backend specification for given points and cost.
+
+    Args:
+        backend: ``"auto"``, ``"dense"``, ``"online"``, ``"triton"`` or an object implementing
+            :class:`SoftminBackend`.
+        x ((B, N, D) Tensor): Row points (device and sizes drive the ``auto`` rule).
+        y ((B, M, D) Tensor): Column points.
+        cost: The cost; callables (``cost.name is None``) need the dense backend.
+
+    Returns:
+        SoftminBackend: The backend instance.
+
+    Raises:
+        ValueError: Unknown name, or a callable cost with a non-dense backend.
+        TypeError: Neither a name nor a SoftminBackend.
+    """
+    if isinstance(backend, str):
+        if backend not in _NAMES:
+            raise ValueError(
+                f"backend must be one of {_NAMES} or a SoftminBackend, got {backend!r}"
+            )
+        name = backend
+        if name == "auto":
+            size = x.shape[0] * x.shape[1] * y.shape[1]
+            if x.is_cuda and cost.name is not None and _triton_importable():
+                name = "triton"
+            elif size <= AUTO_DENSE_MAX_ELEMENTS or cost.name is None:
+                name = "dense"
+            else:
+                name = "online"
+        if cost.name is None and name != "dense":
+            raise ValueError(
+                f"backend {backend!r} needs a named cost ('sqeuclidean' or 'euclidean'); "
+                f"got the callable cost {cost!r}; use backend='dense'"
+            )
+        return _make(name)
+    if isinstance(backend, SoftminBackend):
+        return backend
+    raise TypeError(
+        f"backend must be a name in {_NAMES} or a SoftminBackend, got {type(backend).__name__}"
+    )

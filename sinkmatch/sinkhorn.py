@@ -1,0 +1,635 @@
+"""The log-domain Sinkhorn solver: one loop, ε-scaling, stopping rule, gradients.
+
+For measures :math:`\\alpha = \\sum_i a_i \\delta_{x_i}` and :math:`\\beta = \\sum_j b_j \\delta_{y_j}`
+(weights normalized to sum 1 per problem), entropic optimal transport is
+
+.. math::
+
+    \\mathrm{OT}_\\varepsilon(\\alpha, \\beta)
+        = \\min_{P \\in \\Pi(a, b)} \\langle P, C \\rangle + \\varepsilon\\,\\mathrm{KL}(P \\,|\\, a \\otimes b)
+        = \\max_{f, g}\\; \\langle a, f \\rangle + \\langle b, g \\rangle
+          - \\varepsilon \\langle a \\otimes b, e^{(f \\oplus g - C)/\\varepsilon} - 1 \\rangle,
+
+solved by alternating the soft-min half steps (Cuturi 2013, in the log domain)
+
+.. math::
+
+    f_i = -\\varepsilon \\log \\sum_j b_j e^{(g_j - C_{ij})/\\varepsilon}, \\qquad
+    g_j = -\\varepsilon \\log \\sum_i a_i e^{(f_i - C_{ij})/\\varepsilon},
+
+each computed by a :class:`~sinkmatch.backends.base.SoftminBackend`. The optimal plan is
+:math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\\varepsilon}`. ε-scaling (annealing) starts at a
+large ε and divides it geometrically down to the target (Kosowsky & Yuille 1994; Schmitzer 2019;
+Feydy et al. 2019). The debiased divergence is Feydy et al. (2019)'s
+:math:`S_\\varepsilon = \\mathrm{OT}_\\varepsilon(\\alpha,\\beta) - \\tfrac12 \\mathrm{OT}_\\varepsilon(\\alpha,\\alpha)
+- \\tfrac12 \\mathrm{OT}_\\varepsilon(\\beta,\\beta)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+import torch
+from torch import Tensor
+
+from sinkmatch._checks import (
+    as_points,
+    as_weights,
+    check_eps,
+    check_finite,
+    check_positive_int,
+    check_same_device,
+    compute_dtype,
+)
+from sinkmatch.backends import SoftminBackend, get_backend
+from sinkmatch.backends.dense import DenseSoftmin, PrecomputedCost, StabilizedKernel
+from sinkmatch.backends.online import plan_expected_cost, plan_matmul, tiled_logsumexp
+from sinkmatch.costs import Cost, get_cost
+
+__all__ = ["SinkhornResult", "sinkhorn"]
+
+_VALUES = ("regularized", "transport", "divergence")
+_GRADS = ("envelope", "autodiff")
+PLAN_MAX_ELEMENTS = 1 << 26
+
+# ε-scaling: at every intermediate level, iterate until the L1 marginal error is below
+# _LEVEL_TOL (checked every _LEVEL_CHECK iterations) or _LEVEL_MAX_ITER iterations;
+# fixed-iteration mode runs _FIXED_LEVEL_ITER iterations per level. The scaling phase uses at most
+# half of max_iter. Two-sided updates are over-relaxed, f <- (1 - w) f + w T(g) with w = _OMEGA
+# (Thibault et al. 2017), except for the first iteration of a level, after a check that found no
+# progress (safeguard), and for the g-update before a check or at the end (the columns are then
+# exact and the check measures the whole L1 error; checking every iteration thus slows it down).
+_LEVEL_TOL = 1e-2
+_LEVEL_MAX_ITER = 30
+_LEVEL_CHECK = 3
+_FIXED_LEVEL_ITER = 3
+_OMEGA = 1.8
+# With a warm start (init=...), ε-scaling starts at this multiple of eps (1: no scaling; on the
+# CSS-CCNN workload exact1d + no scaling takes 21 iterations, exact1d + start 8·eps 58).
+_WARM_EPS_START_FACTOR = 1.0
+
+
+@dataclass(frozen=True)
+class SinkhornResult:
+    """What :func:`sinkhorn` returns.
+
+    Attributes:
+        value ((B,) or () Tensor): The requested value per problem (``()`` when neither input
+            had a batch axis), in the compute dtype (float32 for half inputs).
+        f ((B, N) Tensor): Dual potential on ``x``, in cost units (for ``"divergence"``: of the
+            ``x``–``y`` problem).
+        g ((B, M) Tensor): Dual potential on ``y``.
+        n_iter (int or 0-dim Tensor): Sinkhorn iterations (one ``f`` and one ``g`` update each),
+            ε-scaling included; a tensor in fixed-iteration mode (for ``"divergence"``: of the
+            ``x``–``y`` problem).
+        converged ((B,) bool Tensor): ``marginal_error < tol`` per problem.
+        marginal_error ((B,) Tensor): L1 marginal error
+            :math:`\\sum_i |a_i - (P\\mathbb 1)_i| + \\sum_j |b_j - (P^\\top \\mathbb 1)_j|` of the
+            last iterate ``(f_k, g_k)`` of the loop, whose columns are exact (for ``"divergence"``:
+            the largest over the three problems). The returned ``f`` is the final differentiable
+            update ``T(g_k)``, whose plan has exact rows.
+        eps (float): The entropic regularization.
+    """
+
+    value: Tensor
+    f: Tensor
+    g: Tensor
+    n_iter: Union[int, Tensor]
+    converged: Tensor
+    marginal_error: Tensor
+    eps: float
+    _x: Tensor = field(repr=False)
+    _y: Tensor = field(repr=False)
+    _log_a: Tensor = field(repr=False)
+    _log_b: Tensor = field(repr=False)
+    _cost: Cost = field(repr=False)
+
+    def plan(self, *, force: bool = False) -> Tensor:
+        """The transport plan :math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\\varepsilon}`.
+
+        Args:
+            force: Build it even above ``2^26`` entries.
+
+        Returns:
+            (B, N, M) Tensor: The plan (detached).
+
+        Raises:
+            ValueError: ``B·N·M > 2^26`` and not ``force``.
+        """
+        x, y = self._x, self._y
+        size = x.shape[0] * x.shape[1] * y.shape[1]
+        if size > PLAN_MAX_ELEMENTS and not force:
+            raise ValueError(
+                f"plan() would build a {x.shape[0]}x{x.shape[1]}x{y.shape[1]} tensor ({size} entries "
+                f"> {PLAN_MAX_ELEMENTS}); pass force=True, or use barycentric_map() which streams"
+            )
+        with torch.no_grad():
+            c = self._cost.matrix(x, y)
+            f, g = self.f.detach(), self.g.detach()
+            logp = (
+                self._log_a[:, :, None]
+                + self._log_b[:, None, :]
+                + (f[:, :, None] + g[:, None, :] - c) / self.eps
+            )
+            return logp.exp()
+
+    def barycentric_map(self) -> Tensor:
+        """Barycentric projection :math:`T(x_i) = \\sum_j P_{ij} y_j / \\sum_j P_{ij}`.
+
+        Computed from ``g`` with rows normalized exactly, streamed over tiles (works at large N).
+
+        Returns:
+            (B, N, D) Tensor: The image of every ``x_i`` (detached).
+        """
+        with torch.no_grad():
+            h = self._log_b + self.g.detach() / self.eps
+            return plan_matmul(self.eps, self._x, self._y, h, self._cost, self._y)
+
+
+def _safe_log(w: Tensor) -> Tensor:
+    """``log w`` with ``-inf`` (and a zero gradient) where ``w == 0``."""
+    pos = w > 0
+    return torch.where(pos, torch.log(torch.where(pos, w, torch.ones_like(w))), -math.inf)
+
+
+def _marginal_error(a: Tensor, f_old: Tensor, f_new: Tensor, eps: float) -> Tensor:
+    """L1 error of one marginal of the plan of ``(f_old, g)`` given ``f_new = T(g)``.
+
+    The marginal is :math:`a_i e^{(f_{old,i} - f_{new,i})/\varepsilon}`, so the error is
+    :math:`\\sum_i a_i |1 - e^{(f_{old,i} - f_{new,i})/\varepsilon}|`, (B,).
+    """
+    ratio = torch.exp((f_old - f_new) / eps)
+    return torch.where(a > 0, a * (1.0 - ratio).abs(), 0.0).sum(-1)
+
+
+class _Problem:
+    """One OT problem in the solver's internal form: points, log-weights, cost, backend."""
+
+    def __init__(self, x, y, a, b, cost: Cost, backend: SoftminBackend, symmetric: bool):
+        self.x, self.y, self.a, self.b = x, y, a, b
+        self.log_a, self.log_b = _safe_log(a), _safe_log(b)
+        self.cost, self.backend, self.symmetric = cost, backend, symmetric
+        self.cost_xy = self.cost_yx = cost
+        self.use_kernel, self.kernel, self.matrix = False, None, None
+
+    def precompute(self, *, kernel: bool) -> None:
+        """Cache the cost matrix for the loop when the backend is dense.
+
+        With ``kernel=True`` (no graph, no fixed mode) the half steps use a
+        :class:`~sinkmatch.backends.dense.StabilizedKernel` (one matrix-vector product each),
+        rebuilt at every new ε and whenever it reports an unsafe row; the log-domain softmin
+        remains the fallback.
+        """
+        self.kernel = None
+        if isinstance(self.backend, DenseSoftmin):
+            c = self.cost.matrix(self.x, self.y)
+            self.cost_xy = PrecomputedCost(c, self.cost)
+            self.cost_yx = (
+                self.cost_xy if self.symmetric else PrecomputedCost(c.transpose(1, 2), self.cost)
+            )
+            self.use_kernel = kernel
+            self.matrix = c
+
+    def release(self) -> None:
+        self.cost_xy = self.cost_yx = self.cost
+        self.kernel = self.matrix = None
+        self.use_kernel = False
+
+    def _kernel_step(self, eps: float, h: Tensor, *, rows: bool, f=None, g=None) -> Tensor | None:
+        if not self.use_kernel:
+            return None
+        if self.kernel is None or self.kernel.eps != eps:
+            self.kernel = StabilizedKernel(self.matrix, eps, self.a > 0, self.b > 0)
+            self.kernel.rebuild(f=f, g=g)
+        out = self.kernel.rows(h) if rows else self.kernel.cols(h)
+        if out is None:  # potentials drifted from the references: absorb them and retry
+            self.kernel.rebuild(f=f, g=g)
+            out = self.kernel.rows(h) if rows else self.kernel.cols(h)
+        return out
+
+    def final_step(self, g: Tensor, eps: float) -> Tensor:
+        """The differentiable f-update ``T_x(g)`` that ends a solve; releases the loop caches.
+
+        Uses the stabilized kernel's matrix-vector backward when it is valid at this ε (dense
+        backend, squared cost, envelope mode), else the backend's softmin.
+        """
+        out = None
+        kern = self.kernel
+        if kern is not None and kern.eps == eps and self.cost.name == "sqeuclidean":
+            out = kern.rows_sqeuclidean(self.x, self.y, self.log_b + g / eps)
+        self.release()
+        if out is None:
+            out = self.t_x(g, eps, loop=False)
+        return out
+
+    def t_x(self, g: Tensor, eps: float, *, loop: bool = True) -> Tensor:
+        """f-update: softmin over the columns, (B, N)."""
+        h = self.log_b + g / eps
+        if loop:
+            out = self._kernel_step(eps, h, rows=True, g=g)
+            if out is not None:
+                return out
+        cost = self.cost_xy if loop else self.cost
+        return self.backend.softmin(eps, self.x, self.y, h, cost)
+
+    def t_y(self, f: Tensor, eps: float) -> Tensor:
+        """g-update: softmin over the rows, (B, M)."""
+        h = self.log_a + f / eps
+        out = self._kernel_step(eps, h, rows=False, f=f)
+        if out is not None:
+            return out
+        return self.backend.softmin(eps, self.y, self.x, h, self.cost_yx)
+
+
+def _levels(eps: float, eps_start: float | None, factor: float | None) -> list[float]:
+    """Geometric ε schedule from eps_start down to eps (eps last)."""
+    levels = []
+    if factor is not None and eps_start is not None:
+        e = eps_start
+        while e > eps * (1.0 + 1e-9) and len(levels) < 200:
+            levels.append(e)
+            e *= factor
+    return [*levels, eps]
+
+
+def _iterate(
+    prob: _Problem,
+    f: Tensor,
+    g: Tensor,
+    levels: list[float],
+    *,
+    tol: float,
+    max_iter: int,
+    check_every: int,
+    fixed: bool,
+) -> tuple[Tensor, Tensor, int]:
+    """The Sinkhorn loop. Returns the last pair ``(f, g)`` and the number of iterations.
+
+    Two-sided problems: an iteration computes ``t = T_x(g)``, ``f <- (1 - w) f + w t`` and
+    ``g <- (1 - w) g + w T_y(f)``. When ``g = T_y(f)`` exactly (a plain g-update, which the loop
+    does before every check and on the very last iteration), the columns of the plan of
+    ``(f, g)`` are exact and the probe ``t`` gives its rows,
+    :math:`a_i e^{(f_i - t_i)/\varepsilon}`: the check costs no extra pass. Symmetric problems
+    (``x = y``) use the averaged update ``f <- (f + T(f)) / 2`` (Feydy et al. 2019). On
+    convergence the loop stops *before* advancing, so the returned pair is the one checked.
+    In fixed mode nothing is read back.
+    """
+    scaling = levels[:-1]
+    budget = max_iter // 2
+    if fixed:
+        keep = budget // _FIXED_LEVEL_ITER
+        scaling = scaling[len(scaling) - keep :] if keep > 0 else []
+    plan = [
+        (e, _FIXED_LEVEL_ITER if fixed else _LEVEL_MAX_ITER, _LEVEL_TOL, _LEVEL_CHECK)
+        for e in scaling
+    ]
+    plan.append((levels[-1], None, tol, check_every))
+    n_iter = 0
+    check_from = 0 if prob.symmetric else 1  # the first probe at a new level is not a check
+    for k, (e, n_max, level_tol, period) in enumerate(plan):
+        final = k == len(plan) - 1
+        n_max = max_iter - n_iter if final else (n_max if fixed else min(n_max, budget - n_iter))
+        omega, last_err = _OMEGA, math.inf
+        for i in range(n_max):
+            t = prob.t_x(f if prob.symmetric else g, e)
+            if not fixed and i >= check_from and (i - check_from) % period == 0:
+                err = (2.0 if prob.symmetric else 1.0) * _marginal_error(prob.a, f, t, e).detach()
+                if bool((err < level_tol).all()):
+                    break
+                worst = float(err.max())
+                if not worst < last_err:
+                    omega = 1.0  # safeguard: over-relaxation stalled, fall back to plain steps
+                last_err = worst
+            n_iter += 1
+            if prob.symmetric:
+                f = g = 0.5 * (f + t)
+                continue
+            w = omega if i >= 1 else 1.0
+            f = t if w == 1.0 else torch.lerp(f, t, w)
+            t_g = prob.t_y(f, e)
+            next_is_check = not fixed and (i + 1 - check_from) % period == 0
+            plain = w == 1.0 or next_is_check or (final and i == n_max - 1)
+            g = t_g if plain else torch.lerp(g, t_g, w)
+    return f, g, n_iter
+
+
+def _exact1d_init(prob: _Problem) -> tuple[Tensor, Tensor]:
+    if prob.x.shape[-1] != 1 or prob.cost.power is None:
+        raise ValueError(
+            "init='exact1d' needs 1-D points and a named cost, got "
+            f"D={prob.x.shape[-1]} and cost {prob.cost!r}"
+        )
+    from sinkmatch.exact1d import exact_1d_potentials
+
+    f, g = exact_1d_potentials(prob.x[..., 0], prob.y[..., 0], prob.a, prob.b, p=prob.cost.power)
+    return f.to(prob.x.dtype), g.to(prob.x.dtype)
+
+
+def _check_init(init: Any, batch: int, n: int, m: int, like: Tensor, check_values: bool):
+    if not (isinstance(init, tuple) and len(init) == 2):
+        raise TypeError(
+            f"init must be None, 'exact1d' or a tuple (f, g), got {type(init).__name__}"
+        )
+    out = []
+    for name, t, k in (("init[0] (f)", init[0], n), ("init[1] (g)", init[1], m)):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {type(t).__name__}")
+        if t.device != like.device:
+            raise ValueError(f"{name} must be on {like.device}, got {t.device}")
+        if tuple(t.shape) not in ((k,), (1, k), (batch, k)):
+            raise ValueError(
+                f"{name} must have shape ({k},) or ({batch}, {k}), got {tuple(t.shape)}"
+            )
+        t = t.detach().to(like.dtype).expand(batch, k)
+        if check_values:
+            check_finite(t, name)
+        out.append(t)
+    return out[0], out[1]
+
+
+def _solve(
+    prob: _Problem,
+    *,
+    eps: float,
+    levels: list[float],
+    init: Any,
+    grad: str,
+    tol: float,
+    max_iter: int,
+    check_every: int,
+    fixed: bool,
+    check_values: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """Run one problem; returns (regularized value, f, g, marginal error, n_iter)."""
+    batch, n, m = prob.x.shape[0], prob.x.shape[1], prob.y.shape[1]
+    context = torch.no_grad() if grad == "envelope" else contextlib.nullcontext()
+    with context:
+        if init is None:
+            f = torch.zeros(batch, n, dtype=prob.x.dtype, device=prob.x.device)
+            g = (
+                f
+                if prob.symmetric
+                else torch.zeros(batch, m, dtype=prob.x.dtype, device=prob.x.device)
+            )
+        elif isinstance(init, str):
+            f, g = _exact1d_init(prob)
+        else:
+            f, g = _check_init(init, batch, n, m, prob.x, check_values)
+        if prob.symmetric:
+            g = f
+        prob.precompute(kernel=grad == "envelope" and not fixed)
+        f, g, n_iter = _iterate(
+            prob, f, g, levels, tol=tol, max_iter=max_iter, check_every=check_every, fixed=fixed
+        )
+    if grad == "envelope":
+        f, g = f.detach(), g.detach()
+    # One differentiable step on the last potentials (on detached ones for "envelope"): by the
+    # envelope theorem the semi-dual <a, T(g)> + <b, g> has the gradient of OT_eps at convergence.
+    if prob.symmetric:
+        t = prob.final_step(f, eps)
+        value = (prob.a * (t + f)).sum(-1)
+        err = 2.0 * _marginal_error(prob.a, f.detach(), t.detach(), eps)
+        return value, t, t, err, n_iter
+    t = prob.final_step(g, eps)
+    value = (prob.a * t).sum(-1) + (prob.b * g).sum(-1)
+    err = _marginal_error(prob.a, f.detach(), t.detach(), eps)  # columns exact: last g-update plain
+    return value, t, g, err, n_iter
+
+
+def _transport_value(prob: _Problem, reg_value: Tensor, g: Tensor, eps: float, grad: str) -> Tensor:
+    """<P, C> for the plan with exact rows built from g."""
+    if grad == "autodiff":
+        c = prob.cost.matrix(prob.x, prob.y)
+        pi = torch.softmax((prob.log_b + g / eps)[:, None, :] - c / eps, dim=2)
+        return (prob.a * (pi * c).sum(2)).sum(-1)
+    with torch.no_grad():
+        h = prob.log_b + g.detach() / eps
+        lse = tiled_logsumexp(eps, prob.x, prob.y, h, prob.cost)
+        transport = (prob.a * plan_expected_cost(eps, prob.x, prob.y, h, prob.cost, lse=lse)).sum(
+            -1
+        )
+    # Value <P, C>; gradient of OT_eps (the plan held fixed), see the docstring of sinkhorn().
+    return reg_value + (transport - reg_value).detach()
+
+
+def _prepare_points(x: Any, y: Any) -> tuple[Tensor, Tensor, bool]:
+    xb, yb = as_points(x, "x"), as_points(y, "y")
+    check_same_device(x=xb, y=yb)
+    if xb.shape[-1] != yb.shape[-1]:
+        raise ValueError(
+            f"x and y must have the same point dimension D, got x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
+    if xb.shape[0] != yb.shape[0]:
+        if xb.shape[0] == 1 and x.ndim <= 2:
+            xb = xb.expand(yb.shape[0], -1, -1)
+        elif yb.shape[0] == 1 and y.ndim <= 2:
+            yb = yb.expand(xb.shape[0], -1, -1)
+        else:
+            raise ValueError(
+                f"x and y must have the same batch size, got x {tuple(x.shape)} and y {tuple(y.shape)}"
+            )
+    dtype = compute_dtype(xb, yb)
+    return xb.to(dtype), yb.to(dtype), x.ndim <= 2 and y.ndim <= 2
+
+
+def sinkhorn(
+    x: Tensor,
+    y: Tensor,
+    a: Tensor | None = None,
+    b: Tensor | None = None,
+    *,
+    eps: float = 0.1,
+    cost: Union[str, Cost, Callable[[Tensor, Tensor], Tensor]] = "sqeuclidean",
+    value: str = "regularized",
+    max_iter: int = 1000,
+    tol: float = 1e-3,
+    check_every: int = 10,
+    eps_scaling: float | None = 0.5,
+    eps_start: float | None = None,
+    init: Union[str, tuple[Tensor, Tensor], None] = None,
+    grad: str = "envelope",
+    backend: Union[str, SoftminBackend] = "auto",
+    fixed_iterations: bool = False,
+    warn: bool = False,
+) -> SinkhornResult:
+    """Entropic optimal transport between weighted point clouds, batched, in the log domain.
+
+    Args:
+        x ((N,), (N, D) or (B, N, D) Tensor): Source points (floating).
+        y ((M,), (M, D) or (B, M, D) Tensor): Target points, same D. An unbatched input is
+            broadcast against a batched one.
+        a ((N,) or (B, N) Tensor, optional): Nonnegative source weights; uniform when ``None``.
+            Zero marks padding. Normalized to sum 1 per problem (so only their ratios matter).
+        b ((M,) or (B, M) Tensor, optional): Target weights, likewise.
+        eps: Entropic regularization ε > 0, in cost units.
+        cost: ``"sqeuclidean"`` (:math:`\\|x-y\\|^2`, not halved), ``"euclidean"``, or a callable
+            ``(x (B, N, D), y (B, M, D)) -> (B, N, M)`` (dense backend only).
+        value: ``"regularized"`` (:math:`\\mathrm{OT}_\\varepsilon`, the entropic objective, equal to
+            :math:`\\langle a, f\\rangle + \\langle b, g\\rangle` at convergence), ``"transport"``
+            (:math:`\\langle P_\\varepsilon, C\\rangle`, what POT's ``sinkhorn2`` returns) or
+            ``"divergence"`` (the debiased :math:`S_\\varepsilon`; the self terms are solved with
+            the symmetric update).
+        max_iter: Maximum number of iterations, ε-scaling included (the scaling phase uses at
+            most half of them); exactly this many when ``fixed_iterations``.
+        tol: Stop when the L1 marginal error (columns are exact after each ``g`` update, so
+            this is :math:`\\sum_i |a_i - (P\\mathbb 1)_i|`) is below ``tol`` for every problem.
+        check_every: Check the stopping rule every this many iterations at the final ε.
+        eps_scaling: Factor in (0, 1) of geometric ε-scaling, or ``None`` for none. At every
+            intermediate level the loop iterates until the marginal error is below 0.1 (at most
+            10 iterations); at the final ε it iterates to ``tol``.
+        eps_start: First ε of the scaling; default: the cost's diameter (an upper bound on the
+            largest cost, e.g. :math:`(\\max - \\min)^2` in 1-D for the squared cost), or
+            ``eps`` (no scaling) with a warm start.
+        init: ``None`` (zero potentials), a tuple ``(f (B, N), g (B, M))`` of warm-start
+            potentials (``g`` drives the first update), or ``"exact1d"`` (1-D, named cost:
+            the exact unregularized dual potentials of
+            :func:`sinkmatch.exact1d.exact_1d_potentials`).
+        grad: ``"envelope"``: iterate under ``torch.no_grad()``, then take one differentiable
+            step on the detached potentials; exact for ``"regularized"`` and ``"divergence"``
+            at convergence (envelope theorem). For ``"transport"`` the gradient is that of
+            :math:`\\mathrm{OT}_\\varepsilon` (plan held fixed, :math:`\\sum_j P_{ij}\\partial_x C_{ij}`),
+            an approximation of the gradient of :math:`\\langle P_\\varepsilon, C\\rangle`.
+            ``"autodiff"``: differentiate through the unrolled loop (memory grows with the
+            iterations; for checking and for exact gradients of the truncated ``"transport"``
+            value, which then materializes the plan).
+        backend: ``"auto"``, ``"dense"``, ``"online"``, ``"triton"`` or a
+            :class:`~sinkmatch.backends.base.SoftminBackend`; see
+            :func:`sinkmatch.backends.get_backend` for the ``auto`` rule.
+        fixed_iterations: Run exactly ``max_iter`` iterations with no host synchronisation (no
+            stopping checks, no value checks on the inputs: NaN or negative weights then give
+            NaN results instead of errors), usable under ``torch.compile``. With ε-scaling it
+            needs an explicit ``eps_start``; each level gets 3 iterations.
+        warn: Emit a ``UserWarning`` when some problem did not converge.
+
+    Returns:
+        SinkhornResult: ``value`` (B,) (or () for unbatched inputs), potentials, iterations,
+        convergence flags and marginal errors; ``plan()`` and ``barycentric_map()`` helpers.
+
+    Gradients with respect to the weights: the dual potentials are defined up to an additive
+    constant (:math:`f + c, g - c`); since the weights are normalized inside the solver, the
+    gradient with respect to ``a`` is the centred potential :math:`(f - \\langle \\bar a, f\\rangle)
+    / \\sum_i a_i` — GeomLoss/OTT's convention (:math:`\\nabla_a = f`) up to that constant, which
+    vanishes on the simplex. Points with zero weight get exactly zero gradient.
+
+    Raises:
+        TypeError: Non-tensor or non-floating inputs, wrongly typed settings.
+        ValueError: Bad shapes, devices, NaN/inf points or weights, negative or all-zero
+            weights, ``eps <= 0``, unknown modes.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([0.0, 1.0]); y = torch.tensor([0.0, 1.0])
+        >>> res = sinkhorn(x, y, eps=1e-2, value="transport")
+        >>> round(float(res.value), 4), bool(res.converged)
+        (0.0, True)
+    """
+    eps = check_eps(eps)
+    if value not in _VALUES:
+        raise ValueError(f"value must be one of {_VALUES}, got {value!r}")
+    if grad not in _GRADS:
+        raise ValueError(f"grad must be one of {_GRADS}, got {grad!r}")
+    max_iter = check_positive_int(max_iter, "max_iter")
+    check_every = check_positive_int(check_every, "check_every")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+        raise ValueError(f"tol must be a float >= 0, got {tol!r}")
+    if eps_scaling is not None and (
+        isinstance(eps_scaling, bool)
+        or not isinstance(eps_scaling, (int, float))
+        or not 0 < eps_scaling < 1
+    ):
+        raise ValueError(f"eps_scaling must be None or a float in (0, 1), got {eps_scaling!r}")
+    if eps_start is not None:
+        eps_start = check_eps(eps_start, "eps_start")
+    if isinstance(init, str) and init != "exact1d":
+        raise ValueError(f"init must be None, 'exact1d' or a tuple (f, g), got {init!r}")
+    if fixed_iterations and eps_scaling is not None and eps_start is None:
+        raise ValueError(
+            "fixed_iterations=True needs an ε schedule known without reading the data: pass "
+            "eps_start=<float> or eps_scaling=None"
+        )
+    cost_obj = get_cost(cost)
+    xb, yb, unbatched = _prepare_points(x, y)
+    check_same_device(x=xb, a=a, b=b)
+    check_values = not fixed_iterations
+    if check_values:
+        check_finite(xb, "x")
+        check_finite(yb, "y")
+    batch, n, m = xb.shape[0], xb.shape[1], yb.shape[1]
+    an = as_weights(
+        a, "a", batch=batch, n_points=n, dtype=xb.dtype, device=xb.device, check_values=check_values
+    )
+    bn = as_weights(
+        b, "b", batch=batch, n_points=m, dtype=xb.dtype, device=xb.device, check_values=check_values
+    )
+    backend_obj = get_backend(backend, x=xb, y=yb, cost=cost_obj)
+    if cost_obj.name is None and not isinstance(backend_obj, DenseSoftmin):
+        raise ValueError(f"a callable cost needs backend='dense', got backend {backend_obj!r}")
+
+    if eps_scaling is None:
+        start = None
+    elif eps_start is not None:
+        start = eps_start
+    elif init is not None:
+        start = _WARM_EPS_START_FACTOR * eps
+    else:
+        with torch.no_grad():
+            start = float(cost_obj.diameter(xb, yb).max())
+    levels = _levels(eps, start, eps_scaling)
+    opts = dict(
+        eps=eps,
+        levels=levels,
+        grad=grad,
+        tol=tol,
+        max_iter=max_iter,
+        check_every=check_every,
+        fixed=fixed_iterations,
+        check_values=check_values,
+    )
+
+    prob = _Problem(xb, yb, an, bn, cost_obj, backend_obj, symmetric=False)
+    reg, f, g, err, n_iter = _solve(prob, init=init, **opts)
+    if value == "regularized":
+        out = reg
+    elif value == "transport":
+        out = _transport_value(prob, reg, g, eps, grad)
+    else:
+        self_x = _Problem(xb, xb, an, an, cost_obj, backend_obj, symmetric=True)
+        self_y = _Problem(yb, yb, bn, bn, cost_obj, backend_obj, symmetric=True)
+        reg_x, _, _, err_x, _ = _solve(self_x, init=None, **opts)
+        reg_y, _, _, err_y, _ = _solve(self_y, init=None, **opts)
+        out = reg - 0.5 * (reg_x + reg_y)
+        err = torch.maximum(err, torch.maximum(err_x, err_y))
+
+    converged = err < tol
+    if fixed_iterations:
+        n_iter_out: Union[int, Tensor] = torch.tensor(n_iter, device=xb.device)
+    else:
+        n_iter_out = n_iter
+        if warn and not bool(converged.all()):
+            bad = (~converged).nonzero().flatten().tolist()
+            warnings.warn(
+                f"sinkhorn did not converge for problems {bad[:10]} after {n_iter} iterations "
+                f"(marginal error up to {float(err.max()):.3g} > tol={tol}); raise max_iter or eps",
+                UserWarning,
+                stacklevel=2,
+            )
+    if unbatched:
+        out = out[0]
+    return SinkhornResult(
+        value=out,
+        f=f,
+        g=g,
+        n_iter=n_iter_out,
+        converged=converged,
+        marginal_error=err,
+        eps=eps,
+        _x=xb,
+        _y=yb,
+        _log_a=prob.log_a.detach(),
+        _log_b=prob.log_b.detach(),
+        _cost=cost_obj,
+    )
