@@ -9,7 +9,8 @@ Run the timed benchmarks (forward + backward)::
 
     python -m pytest benchmarks/bench_sinkhorn.py --benchmark-enable -p no:cacheprovider
 
-Run the iteration study and the large online-memory measurement, writing CSV::
+Run the iteration study, the grouped (CSS-CCNN++) study, the online half-step timings and the
+large online-memory measurement, writing CSV::
 
     python benchmarks/bench_sinkhorn.py --out benchmarks/results/sinkhorn.csv
 """
@@ -73,10 +74,11 @@ def test_bench_css_workload(benchmark, n_pred, init):
 def iteration_study(writer, threads: int = 1) -> None:
     torch.set_num_threads(threads)
     configs = {
+        "auto (default: exact1d in 1-D)": dict(),
         "exact1d, no scaling (default with init)": dict(init="exact1d"),
         "exact1d, eps-scaling from 8 eps": dict(init="exact1d", eps_start=0.8),
-        "cold, eps-scaling from diameter (default)": dict(),
-        "cold, no scaling": dict(eps_scaling=None),
+        "cold, eps-scaling from diameter (init=None)": dict(init=None),
+        "cold, no scaling": dict(init=None, eps_scaling=None),
     }
     for n_pred in (288, 1568):
         x, y = css_workload(n_pred=n_pred)
@@ -98,9 +100,100 @@ def iteration_study(writer, threads: int = 1) -> None:
             print(row, flush=True)
 
 
+def _median_seconds(fn, repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def grouped_study(writer, threads: int = 1) -> None:
+    """CSS-CCNN++ at 288 vs 1,568: one grouped call (packed, padded) against a loop of two calls."""
+    from sinkmatch.grouping import percentile_split
+    from sinkmatch.losses import grouped_sinkhorn_loss, sinkhorn_loss
+
+    torch.set_num_threads(threads)
+    x, y = css_workload(n_pred=288)
+    score = torch.rand(288, generator=torch.Generator().manual_seed(1))
+    split = percentile_split(x, score, y, q=0.3)
+
+    def one_call(**kw):
+        xx = x.clone().requires_grad_()
+        grouped_sinkhorn_loss(
+            xx, y, x_groups=split.pred_groups, y_groups=split.target_groups, num_groups=2, **kw
+        ).backward()
+
+    def loop(**kw):
+        xx = x.clone().requires_grad_()
+        total = 0.0
+        for k in (0, 1):
+            total = total + sinkhorn_loss(
+                xx[split.pred_groups == k], y[split.target_groups == k], **kw
+            )
+        total.backward()
+
+    for init in ("auto", None):
+        for name, fn in (("one grouped call", one_call), ("loop over the 2 groups", loop)):
+            row = dict(
+                study="css_grouped",
+                n_pred=288,
+                n_prior=len(y),
+                config=f"{name}, init={init}",
+                n_iter="",
+                marginal_error="",
+                seconds_fwd_bwd=f"{_median_seconds(lambda fn=fn, init=init: fn(init=init)):.4f}",
+                peak_rss_mib="",
+            )
+            writer.writerow(row)
+            print(row, flush=True)
+
+
+def online_halfstep(writer, sizes=(4096, 16384), dims=(1, 3)) -> None:
+    """One online soft-min half step (forward, and forward + backward), one thread, float32."""
+    from sinkmatch.backends.online import OnlineSoftmin
+    from sinkmatch.costs import get_cost
+
+    torch.set_num_threads(1)
+    backend, cost = OnlineSoftmin(), get_cost("sqeuclidean")
+    for n in sizes:
+        for d in dims:
+            g = torch.Generator().manual_seed(0)
+            x, y = torch.randn(1, n, d, generator=g), torch.randn(1, n, d, generator=g)
+            h = torch.full((1, n), -float(np.log(n)))
+
+            def fwd_bwd(x=x, y=y, h=h):
+                xx, yy, hh = (t.clone().requires_grad_() for t in (x, y, h))
+                backend.softmin(0.1, xx, yy, hh, cost).sum().backward()
+
+            def fwd(x=x, y=y, h=h):
+                backend.softmin(0.1, x, y, h, cost)
+
+            fwd = _median_seconds(fwd, repeats=3)
+            both = _median_seconds(fwd_bwd, repeats=3)
+            row = dict(
+                study="online_halfstep",
+                n_pred=n,
+                n_prior=n,
+                config=f"online softmin, D={d}, eps=0.1 (forward s in n_iter column)",
+                n_iter=f"{fwd:.3f}",
+                marginal_error="",
+                seconds_fwd_bwd=f"{both:.3f}",
+                peak_rss_mib="",
+            )
+            writer.writerow(row)
+            print(row, flush=True)
+
+
 def online_memory(writer, n: int = 16384, max_iter: int = 3) -> None:
-    """Peak resident memory (ru_maxrss, whole process) of an online solve with N = M = n, 3-D points."""
-    torch.set_num_threads(2)
+    """Peak resident memory (ru_maxrss, whole process) of an online solve with N = M = n, 3-D points.
+
+    One thread: on a loaded 2-core machine a second OpenMP thread waits on a busy core and the
+    same solve took 118 s instead of about 5 s.
+    """
+    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 3, generator=g).requires_grad_()
     y = torch.randn(n, 3, generator=g)
@@ -150,6 +243,8 @@ def main(argv=None) -> None:
         if not args.skip_memory:
             online_memory(writer)  # first, so that ru_maxrss is not dominated by the study
         iteration_study(writer)
+        grouped_study(writer)
+        online_halfstep(writer)
 
 
 if __name__ == "__main__":

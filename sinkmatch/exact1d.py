@@ -42,6 +42,8 @@ from sinkmatch._checks import as_weights, check_finite, check_same_device, compu
 
 __all__ = ["DualPotentials", "exact_1d_potentials", "wasserstein_1d"]
 
+_TIES = ("down", "average")
+
 
 class DualPotentials(NamedTuple):
     """Kantorovich dual potentials of a batch of 1-D problems.
@@ -192,6 +194,51 @@ def wasserstein_1d(
     return value if batched else value[0]
 
 
+def _staircase_potentials(
+    xs: Tensor, ys: Tensor, cu: Tensor, cv: Tensor, p: float, *, down_first: bool
+) -> tuple[Tensor, Tensor]:
+    """Potentials (sorted order, ungauged) made tight on one north-west-corner staircase.
+
+    ``down_first``: on a tie of cumulative weights, step down (``i += 1``) before right.
+    """
+    n, batch = xs.shape[-1], xs.shape[0]
+    # Staircase: merge the interior breaks (stable sort; on ties the side listed first steps
+    # first).
+    if down_first:
+        keys = torch.cat([cu[:, :-1], cv[:, :-1]], dim=-1).detach()  # (B, N + M - 2)
+        order = torch.sort(keys, dim=-1, stable=True).indices
+    else:
+        m1 = cv.shape[-1] - 1
+        keys = torch.cat([cv[:, :-1], cu[:, :-1]], dim=-1).detach()
+        raw = torch.sort(keys, dim=-1, stable=True).indices
+        order = torch.where(raw < m1, raw + (n - 1), raw - m1)  # back to the A-first numbering
+    down = order < (n - 1)  # (B, K - 1): True = step i += 1, False = step j += 1
+    zero = torch.zeros((batch, 1), dtype=torch.long, device=xs.device)
+    ii = torch.cat([zero, torch.cumsum(down, dim=-1)], dim=-1)  # (B, K) row of cell k
+    jj = torch.cat([zero, torch.cumsum(~down, dim=-1)], dim=-1)  # (B, K) column of cell k
+
+    x_k = xs.gather(-1, ii)
+    y_k = ys.gather(-1, jj)
+    cost_k = _cost(x_k - y_k, p)  # C on the staircase
+    # On a step down from row i - 1 to row i in column j, f_i - f_{i-1} = C_ij - C_{i-1, j}.
+    x_prev = xs.gather(-1, (ii[:, 1:] - 1).clamp(min=0))
+    if p == 2.0:  # factored: no cancellation between two large squares
+        step = (x_k[:, 1:] - x_prev) * (x_k[:, 1:] + x_prev - 2.0 * y_k[:, 1:])
+    else:
+        step = cost_k[:, 1:] - _cost(x_prev - y_k[:, 1:], p)
+    step = torch.where(down, step, torch.zeros_like(step))
+    u = torch.cat([torch.zeros_like(cost_k[:, :1]), torch.cumsum(step, dim=-1)], dim=-1)
+    v = cost_k - u
+
+    # Row i >= 1 is entered right after the step of A_{i-1}; column j >= 1 after that of B_{j-1}.
+    rank = torch.empty_like(order).scatter_(
+        -1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    )
+    f_sorted = torch.cat([u[:, :1], u.gather(-1, rank[:, : n - 1] + 1)], dim=-1)
+    g_sorted = torch.cat([v[:, :1], v.gather(-1, rank[:, n - 1 :] + 1)], dim=-1)
+    return f_sorted, g_sorted
+
+
 def exact_1d_potentials(
     x: Tensor,
     y: Tensor,
@@ -199,6 +246,7 @@ def exact_1d_potentials(
     b: Tensor | None = None,
     *,
     p: float = 2,
+    ties: str = "down",
 ) -> DualPotentials:
     """Exact Kantorovich dual potentials for the cost :math:`|x - y|^p` on the line.
 
@@ -246,6 +294,15 @@ def exact_1d_potentials(
         b ((M,) or (B, M) Tensor, optional): Target weights, likewise.
         p: Exponent of the cost, ``p >= 1`` (for ``p = 1`` the plan is optimal but potentials
             are far from unique; any feasible tight pair is returned).
+        ties: ``"down"`` (default): the staircase above, ties stepping down first.
+            ``"average"``: the mean of the potentials of the two extreme staircases (ties down
+            first, ties right first). Both are feasible and tight on every cell with mass, so
+            their mean is too; when cumulative weights tie (e.g. ``N = M`` with uniform
+            weights) the dual optimum is not unique and the first rule makes zero-mass cells
+            on one side of the matching tight, the mean splits the slack evenly. The mean is the
+            better warm start for Sinkhorn (``init="exact1d"`` uses it): e.g. for
+            ``x = y = [0, 1]`` it returns ``f = g = 0`` where ``"down"`` returns
+            ``f = (-1/2, 1/2)``, ``g = (1/2, -1/2)``.
 
     Returns:
         DualPotentials: ``(f, g)`` of shapes ``(B, N)`` and ``(B, M)`` (``(N,)`` and ``(M,)`` for
@@ -253,7 +310,7 @@ def exact_1d_potentials(
         differentiable functions of the positions, but meant to be used detached (warm start).
 
     Raises:
-        TypeError, ValueError: As :func:`wasserstein_1d`.
+        TypeError, ValueError: As :func:`wasserstein_1d`, or an unknown ``ties``.
 
     Example:
         >>> import torch
@@ -264,38 +321,17 @@ def exact_1d_potentials(
         0.0
     """
     p = _check_p(p)
+    if ties not in _TIES:
+        raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
     xs, ys, a_s, b_s, ix, iy, batched = _prepare(x, y, a, b)
-    n, batch = xs.shape[-1], xs.shape[0]
     cu = torch.cumsum(a_s, dim=-1)
     cv = torch.cumsum(b_s, dim=-1)
-
-    # Staircase: merge the interior breaks, ties stepping down (i) first (stable sort, A first).
-    keys = torch.cat([cu[:, :-1], cv[:, :-1]], dim=-1).detach()  # (B, N + M - 2)
-    order = torch.sort(keys, dim=-1, stable=True).indices
-    down = order < (n - 1)  # (B, K - 1): True = step i += 1, False = step j += 1
-    zero = torch.zeros((batch, 1), dtype=torch.long, device=xs.device)
-    ii = torch.cat([zero, torch.cumsum(down, dim=-1)], dim=-1)  # (B, K) row of cell k
-    jj = torch.cat([zero, torch.cumsum(~down, dim=-1)], dim=-1)  # (B, K) column of cell k
-
-    x_k = xs.gather(-1, ii)
-    y_k = ys.gather(-1, jj)
-    cost_k = _cost(x_k - y_k, p)  # C on the staircase
-    # On a step down from row i - 1 to row i in column j, f_i - f_{i-1} = C_ij - C_{i-1, j}.
-    x_prev = xs.gather(-1, (ii[:, 1:] - 1).clamp(min=0))
-    if p == 2.0:  # factored: no cancellation between two large squares
-        step = (x_k[:, 1:] - x_prev) * (x_k[:, 1:] + x_prev - 2.0 * y_k[:, 1:])
+    if ties == "average":
+        f1, g1 = _staircase_potentials(xs, ys, cu, cv, p, down_first=True)
+        f2, g2 = _staircase_potentials(xs, ys, cu, cv, p, down_first=False)
+        f_sorted, g_sorted = 0.5 * (f1 + f2), 0.5 * (g1 + g2)
     else:
-        step = cost_k[:, 1:] - _cost(x_prev - y_k[:, 1:], p)
-    step = torch.where(down, step, torch.zeros_like(step))
-    u = torch.cat([torch.zeros_like(cost_k[:, :1]), torch.cumsum(step, dim=-1)], dim=-1)
-    v = cost_k - u
-
-    # Row i >= 1 is entered right after the step of A_{i-1}; column j >= 1 after that of B_{j-1}.
-    rank = torch.empty_like(order).scatter_(
-        -1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order)
-    )
-    f_sorted = torch.cat([u[:, :1], u.gather(-1, rank[:, : n - 1] + 1)], dim=-1)
-    g_sorted = torch.cat([v[:, :1], v.gather(-1, rank[:, n - 1 :] + 1)], dim=-1)
+        f_sorted, g_sorted = _staircase_potentials(xs, ys, cu, cv, p, down_first=True)
 
     shift = 0.5 * ((b_s * g_sorted).sum(-1, keepdim=True) - (a_s * f_sorted).sum(-1, keepdim=True))
     f_sorted = f_sorted + shift

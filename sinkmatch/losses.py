@@ -404,8 +404,8 @@ def distribution_matching_loss(
     ``pred`` distributed as the prior; negligible when ``eps`` is small against the squared
     spread of the counts); ``value="divergence"`` removes it at the price of two more solves. To reproduce the original CSS-CCNN training loss use
     ``value="transport", eps=0.1, scale=0.01, samples_per_prediction=49/9`` (plus, for its
-    truncated unrolled solve, ``grad="autodiff", eps_scaling=None, max_iter=1000``; its stopping
-    rule on potential changes is not reproduced), and for CSS-CCNN++ ``split_q=0.3,
+    truncated unrolled solve from zero potentials, ``grad="autodiff", init=None, eps_scaling=None,
+    max_iter=1000``; its stopping rule on potential changes is not reproduced), and for CSS-CCNN++ ``split_q=0.3,
     split_mode="legacy"``.
 
     Args:
@@ -426,7 +426,9 @@ def distribution_matching_loss(
         generator: Random generator for the prior sample (and random ties); reproducible draws.
         eps: Entropic regularization, in squared count units.
         value: ``"regularized"``, ``"transport"`` or ``"divergence"``.
-        **solver_kwargs: Passed to :func:`sinkmatch.sinkhorn`.
+        **solver_kwargs: Passed to :func:`sinkmatch.sinkhorn`. Its default ``init="auto"`` starts
+            these 1-D problems from the exact sorted-matching potentials (about 20 iterations at
+            ``eps=0.1`` instead of hundreds from zero potentials).
 
     Returns:
         Tensor: The scalar loss.

@@ -54,6 +54,7 @@ __all__ = ["SinkhornResult", "sinkhorn"]
 
 _VALUES = ("regularized", "transport", "divergence")
 _GRADS = ("envelope", "autodiff")
+_INITS = ("auto", "exact1d")
 PLAN_MAX_ELEMENTS = 1 << 26
 
 # ε-scaling: at every intermediate level, iterate until the L1 marginal error is below
@@ -156,6 +157,12 @@ def _safe_log(w: Tensor) -> Tensor:
     return torch.where(pos, torch.log(torch.where(pos, w, torch.ones_like(w))), -math.inf)
 
 
+def _valid_length(w: Tensor) -> Tensor:
+    """One past the last positive weight per problem, (B,) int32 (computed on the device)."""
+    idx = torch.arange(1, w.shape[1] + 1, device=w.device, dtype=torch.int32)
+    return torch.where(w > 0, idx, torch.zeros_like(idx)).amax(dim=1).to(torch.int32)
+
+
 def _marginal_error(a: Tensor, f_old: Tensor, f_new: Tensor, eps: float) -> Tensor:
     """L1 error of one marginal of the plan of ``(f_old, g)`` given ``f_new = T(g)``.
 
@@ -175,6 +182,13 @@ class _Problem:
         self.cost, self.backend, self.symmetric = cost, backend, symmetric
         self.cost_xy = self.cost_yx = cost
         self.use_kernel, self.kernel, self.matrix = False, None, None
+        # Backends that declare supports_valid_lengths (Triton) skip trailing padding in the
+        # loop: rows/columns after the last positive weight (the returned potentials come from
+        # the final step, which computes every row).
+        self.lengths_x = self.lengths_y = None
+        if getattr(backend, "supports_valid_lengths", False):
+            self.lengths_x = {"n_valid": _valid_length(a), "m_valid": _valid_length(b)}
+            self.lengths_y = {"n_valid": self.lengths_x["m_valid"], "m_valid": self.lengths_x["n_valid"]}
 
     def precompute(self, *, kernel: bool) -> None:
         """Cache the cost matrix for the loop when the backend is dense.
@@ -233,8 +247,11 @@ class _Problem:
             out = self._kernel_step(eps, h, rows=True, g=g)
             if out is not None:
                 return out
-        cost = self.cost_xy if loop else self.cost
-        return self.backend.softmin(eps, self.x, self.y, h, cost)
+        if not loop:
+            return self.backend.softmin(eps, self.x, self.y, h, self.cost)
+        if self.lengths_x is not None:
+            return self.backend.softmin(eps, self.x, self.y, h, self.cost_xy, **self.lengths_x)
+        return self.backend.softmin(eps, self.x, self.y, h, self.cost_xy)
 
     def t_y(self, f: Tensor, eps: float) -> Tensor:
         """g-update: softmin over the rows, (B, M)."""
@@ -242,6 +259,8 @@ class _Problem:
         out = self._kernel_step(eps, h, rows=False, f=f)
         if out is not None:
             return out
+        if self.lengths_y is not None:
+            return self.backend.softmin(eps, self.y, self.x, h, self.cost_yx, **self.lengths_y)
         return self.backend.softmin(eps, self.y, self.x, h, self.cost_yx)
 
 
@@ -325,14 +344,33 @@ def _exact1d_init(prob: _Problem) -> tuple[Tensor, Tensor]:
         )
     from sinkmatch.exact1d import exact_1d_potentials
 
-    f, g = exact_1d_potentials(prob.x[..., 0], prob.y[..., 0], prob.a, prob.b, p=prob.cost.power)
+    with torch.no_grad():  # a warm start is a constant, like a tuple init
+        f, g = exact_1d_potentials(
+            prob.x[..., 0], prob.y[..., 0], prob.a, prob.b, p=prob.cost.power, ties="average"
+        )
     return f.to(prob.x.dtype), g.to(prob.x.dtype)
+
+
+def _resolve_init(init: Any, cost: Cost, dim: int, fixed: bool) -> Any:
+    """The ``init="auto"`` rule: ``"exact1d"`` for 1-D points and a named cost, else ``None``.
+
+    Fixed-iteration mode resolves ``"auto"`` to ``None`` (the exact 1-D potentials validate
+    their input, which synchronises with the device).
+    """
+    if isinstance(init, str):
+        if init not in _INITS:
+            raise ValueError(
+                f"init must be 'auto', None, 'exact1d' or a tuple (f, g), got {init!r}"
+            )
+        if init == "auto":
+            return "exact1d" if dim == 1 and cost.power is not None and not fixed else None
+    return init
 
 
 def _check_init(init: Any, batch: int, n: int, m: int, like: Tensor, check_values: bool):
     if not (isinstance(init, tuple) and len(init) == 2):
         raise TypeError(
-            f"init must be None, 'exact1d' or a tuple (f, g), got {type(init).__name__}"
+            f"init must be 'auto', None, 'exact1d' or a tuple (f, g), got {type(init).__name__}"
         )
     out = []
     for name, t, k in (("init[0] (f)", init[0], n), ("init[1] (g)", init[1], m)):
@@ -385,6 +423,14 @@ def _solve(
         f, g, n_iter = _iterate(
             prob, f, g, levels, tol=tol, max_iter=max_iter, check_every=check_every, fixed=fixed
         )
+        if (
+            prob.lengths_y is not None
+            and not prob.symmetric
+            and (fixed or bool((prob.lengths_y["n_valid"] < prob.y.shape[1]).any()))
+        ):
+            # the loop skipped padded rows of g; the last update is plain, g = T_y(f): redo it
+            # on every row so that g is the potential at zero-weight points too
+            g = prob.backend.softmin(eps, prob.y, prob.x, prob.log_a + f / eps, prob.cost)
     if grad == "envelope":
         f, g = f.detach(), g.detach()
     # One differentiable step on the last potentials (on detached ones for "envelope"): by the
@@ -450,7 +496,7 @@ def sinkhorn(
     check_every: int = 10,
     eps_scaling: float | None = 0.5,
     eps_start: float | None = None,
-    init: Union[str, tuple[Tensor, Tensor], None] = None,
+    init: Union[str, tuple[Tensor, Tensor], None] = "auto",
     grad: str = "envelope",
     backend: Union[str, SoftminBackend] = "auto",
     fixed_iterations: bool = False,
@@ -479,15 +525,23 @@ def sinkhorn(
             this is :math:`\\sum_i |a_i - (P\\mathbb 1)_i|`) is below ``tol`` for every problem.
         check_every: Check the stopping rule every this many iterations at the final ε.
         eps_scaling: Factor in (0, 1) of geometric ε-scaling, or ``None`` for none. At every
-            intermediate level the loop iterates until the marginal error is below 0.1 (at most
-            10 iterations); at the final ε it iterates to ``tol``.
+            intermediate level the loop iterates until the marginal error is below 0.01 (at most
+            30 iterations); at the final ε it iterates to ``tol``.
         eps_start: First ε of the scaling; default: the cost's diameter (an upper bound on the
             largest cost, e.g. :math:`(\\max - \\min)^2` in 1-D for the squared cost), or
-            ``eps`` (no scaling) with a warm start.
-        init: ``None`` (zero potentials), a tuple ``(f (B, N), g (B, M))`` of warm-start
-            potentials (``g`` drives the first update), or ``"exact1d"`` (1-D, named cost:
-            the exact unregularized dual potentials of
-            :func:`sinkmatch.exact1d.exact_1d_potentials`).
+            ``eps`` (no scaling) with a warm start (``init`` not ``None`` after the ``"auto"``
+            rule).
+        init: ``"auto"`` (default), ``None`` (zero potentials), ``"exact1d"`` or a tuple
+            ``(f (B, N), g (B, M))`` of warm-start potentials (``g`` drives the first update;
+            detached). ``"exact1d"`` (1-D points, named cost) starts from the exact unregularized
+            dual potentials of :func:`sinkmatch.exact1d.exact_1d_potentials` (sorting,
+            :math:`O((N + M)\\log(N + M))`), which zero weights (padding) do not disturb.
+            The ``"auto"`` rule: ``"exact1d"`` when ``D == 1`` and the cost is a named one
+            (``"sqeuclidean"``, ``"euclidean"``: :math:`|x - y|^p`, ``p = 2, 1``) and not
+            ``fixed_iterations``; otherwise ``None`` (zero potentials with ε-scaling from the
+            diameter). A warm start skips ε-scaling (``eps_start`` defaults to ``eps``): on the
+            CSS-CCNN workload (1-D, ε = 0.1) it converges in about 20 iterations instead of
+            hundreds. The answer at convergence does not depend on ``init``.
         grad: ``"envelope"``: iterate under ``torch.no_grad()``, then take one differentiable
             step on the detached potentials; exact for ``"regularized"`` and ``"divergence"``
             at convergence (envelope theorem). For ``"transport"`` the gradient is that of
@@ -544,8 +598,8 @@ def sinkhorn(
         raise ValueError(f"eps_scaling must be None or a float in (0, 1), got {eps_scaling!r}")
     if eps_start is not None:
         eps_start = check_eps(eps_start, "eps_start")
-    if isinstance(init, str) and init != "exact1d":
-        raise ValueError(f"init must be None, 'exact1d' or a tuple (f, g), got {init!r}")
+    if isinstance(init, str) and init not in _INITS:
+        raise ValueError(f"init must be 'auto', None, 'exact1d' or a tuple (f, g), got {init!r}")
     if fixed_iterations and eps_scaling is not None and eps_start is None:
         raise ValueError(
             "fixed_iterations=True needs an ε schedule known without reading the data: pass "
@@ -553,6 +607,7 @@ def sinkhorn(
         )
     cost_obj = get_cost(cost)
     xb, yb, unbatched = _prepare_points(x, y)
+    init = _resolve_init(init, cost_obj, xb.shape[-1], fixed_iterations)
     check_same_device(x=xb, a=a, b=b)
     check_values = not fixed_iterations
     if check_values:

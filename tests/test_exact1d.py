@@ -124,12 +124,13 @@ def test_properties_symmetry_translation(seed, shift, p):
 # ---------------------------------------------------------------- potentials
 
 
+@pytest.mark.parametrize("ties", ["down", "average"])
 @pytest.mark.parametrize("p", [1, 2, 3])
-def test_potentials_feasible_and_tight(p):
+def test_potentials_feasible_and_tight(p, ties):
     rng = np.random.default_rng(100 + p)
     for _ in range(40):
         x, y, a, b = _problem(rng)
-        f, g = exact_1d_potentials(_t(x), _t(y), _t(a), _t(b), p=p)
+        f, g = exact_1d_potentials(_t(x), _t(y), _t(a), _t(b), p=p, ties=ties)
         f, g = f.numpy(), g.numpy()
         assert f.shape == x.shape and g.shape == y.shape
         assert np.isfinite(f).all() and np.isfinite(g).all()
@@ -172,6 +173,18 @@ def test_potentials_batched_equal_loop_and_unbatched_shape():
         fk, gk = exact_1d_potentials(x[k], y[k])
         assert fk.shape == (5,) and gk.shape == (8,)
         assert torch.allclose(f[k], fk, atol=1e-13) and torch.allclose(g[k], gk, atol=1e-13)
+
+
+def test_average_ties_split_the_slack_of_a_degenerate_dual():
+    x = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    down = exact_1d_potentials(x, x)
+    mean = exact_1d_potentials(x, x, ties="average")
+    # "down" makes the zero-mass cell (1, 0) tight; the mean of both staircases is centred
+    assert torch.allclose(down.f, torch.tensor([-0.5, 0.5], dtype=torch.float64))
+    assert torch.allclose(mean.f, torch.zeros(2, dtype=torch.float64))
+    assert torch.allclose(mean.g, torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="ties must be one of"):
+        exact_1d_potentials(x, x, ties="up")
 
 
 def test_potentials_single_points():

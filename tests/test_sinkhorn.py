@@ -249,6 +249,57 @@ def test_exact1d_init_gives_the_same_answer():
         sinkhorn(torch.randn(4, 2), torch.randn(3, 2), init="exact1d")
 
 
+@pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean"])
+def test_auto_init_picks_exact1d_in_1d_and_converges_to_the_cold_answer(cost):
+    x, y, a, b = _problem(40, 30, 1, seed=19)
+    auto = sinkhorn(x, y, a, b, eps=0.05, tol=1e-10, cost=cost)  # init="auto" is the default
+    warm = sinkhorn(x, y, a, b, eps=0.05, tol=1e-10, cost=cost, init="exact1d")
+    cold = sinkhorn(x, y, a, b, eps=0.05, tol=1e-10, cost=cost, init=None, max_iter=20000)
+    assert auto.n_iter == warm.n_iter
+    torch.testing.assert_close(auto.f, warm.f, rtol=0, atol=0)
+    torch.testing.assert_close(auto.value, cold.value, rtol=1e-8, atol=1e-10)
+    # the potentials agree up to the gauge (f + c, g - c)
+    shift = (auto.f - cold.f).mean()
+    torch.testing.assert_close(auto.f - shift, cold.f, rtol=0, atol=1e-7)
+    torch.testing.assert_close(auto.g + shift, cold.g, rtol=0, atol=1e-7)
+
+
+def test_auto_init_is_cold_beyond_1d_callable_costs_and_fixed_mode():
+    x, y, a, b = _problem(7, 6, 2, seed=20)
+    auto, cold = sinkhorn(x, y, a, b, eps=0.1), sinkhorn(x, y, a, b, eps=0.1, init=None)
+    assert auto.n_iter == cold.n_iter
+    torch.testing.assert_close(auto.value, cold.value, rtol=0, atol=0)
+    x1, y1, a1, b1 = _problem(7, 6, 1, seed=20)
+    fn = lambda u, v: (u - v.transpose(1, 2)) ** 2  # noqa: E731
+    auto = sinkhorn(x1, y1, a1, b1, eps=0.1, cost=fn)
+    cold = sinkhorn(x1, y1, a1, b1, eps=0.1, cost=fn, init=None)
+    assert auto.n_iter == cold.n_iter
+    fixed = dict(eps=0.1, max_iter=20, fixed_iterations=True, eps_start=2.0)
+    auto = sinkhorn(x1, y1, a1, b1, **fixed)
+    cold = sinkhorn(x1, y1, a1, b1, init=None, **fixed)
+    torch.testing.assert_close(auto.value, cold.value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sizes", [[(5, 9), (12, 4)], [(90, 400), (210, 150)]])
+def test_auto_init_on_zero_padded_batches_equals_separate_solves(sizes):
+    # grouped losses pad groups with zero weights at the end; the exact 1-D start must ignore
+    # them (the second case is large enough for the dense kernel to skip the padding)
+    g = torch.Generator().manual_seed(21)
+    xs = [torch.randn(n, 1, generator=g, dtype=F64) for n, _ in sizes]
+    ys = [torch.randn(m, 1, generator=g, dtype=F64) + 1 for _, m in sizes]
+    n_max, m_max = max(n for n, _ in sizes), max(m for _, m in sizes)
+    x = torch.zeros(2, n_max, 1, dtype=F64)
+    y = torch.full((2, m_max, 1), 7.0, dtype=F64)  # padding far away must not matter either
+    a, b = torch.zeros(2, n_max, dtype=F64), torch.zeros(2, m_max, dtype=F64)
+    for k, (n, m) in enumerate(sizes):
+        x[k, :n], y[k, :m], a[k, :n], b[k, :m] = xs[k], ys[k], 1.0, 1.0
+    packed = sinkhorn(x, y, a, b, eps=0.05, tol=1e-9)
+    for k in range(len(sizes)):
+        single = sinkhorn(xs[k], ys[k], eps=0.05, tol=1e-9)
+        torch.testing.assert_close(packed.value[k], single.value, rtol=1e-8, atol=1e-10)
+    assert torch.isfinite(packed.f).all() and torch.isfinite(packed.g).all()
+
+
 def test_callable_cost_matches_named_on_dense():
     x, y, a, b = _problem(6, 5, 2, seed=16)
     named = sinkhorn(x, y, a, b, eps=0.2, tol=1e-11)

@@ -61,11 +61,11 @@ Y = torch.randn(3, 2)
             ValueError,
             r"eps_scaling must be None or a float in \(0, 1\), got 1.5",
         ),
-        (dict(init="zeros"), ValueError, r"init must be None, 'exact1d' or a tuple"),
+        (dict(init="zeros"), ValueError, r"init must be 'auto', None, 'exact1d' or a tuple"),
         (
             dict(init=(torch.zeros(4),)),
             TypeError,
-            r"init must be None, 'exact1d' or a tuple \(f, g\)",
+            r"init must be 'auto', None, 'exact1d' or a tuple \(f, g\)",
         ),
         (
             dict(init=(torch.zeros(4), torch.zeros(2))),

@@ -27,6 +27,13 @@ class SoftminBackend(Protocol):
 
     Attributes:
         name: Registry name (``"dense"``, ``"online"``, ``"triton"``).
+
+    Optional: a backend whose ``softmin`` also accepts the keywords ``n_valid`` and ``m_valid``
+    (``(B,)`` int tensors: rows ``i >= n_valid[b]`` need not be computed, columns
+    ``j >= m_valid[b]`` are padding with ``h = -inf``) declares the class attribute
+    ``supports_valid_lengths = True``; the solver then passes one past the last positive weight
+    per problem inside its loop (ragged batches packed with trailing padding). Others get the
+    plain call.
     """
 
     name: str

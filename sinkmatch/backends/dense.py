@@ -13,7 +13,14 @@ from torch import Tensor
 
 from sinkmatch.costs import Cost
 
-__all__ = ["EXP_FLOOR", "DenseSoftmin", "PrecomputedCost", "StabilizedKernel", "logsumexp"]
+__all__ = [
+    "EXP_FLOOR",
+    "DenseSoftmin",
+    "PrecomputedCost",
+    "StabilizedKernel",
+    "batched_mv",
+    "logsumexp",
+]
 
 # Terms below exp(-80) of the largest one are dropped (their total stays below 1e-26 relative
 # for up to 1e9 terms, far under float64 precision). Clamping before ``exp`` matters for speed:
@@ -99,6 +106,44 @@ class DenseSoftmin:
 
 # A stabilized kernel row is trusted when its sum is above this (relative to a row maximum of 1).
 _KERNEL_SAFE_SUM = math.exp(-50.0)
+# Batched matrix-vector products: one torch.mv per problem when a problem has at least this many
+# entries (on CPU, bmm with a single column and B > 1 runs 2-5x slower than a loop of mv's, one
+# thread, float32), else one bmm (many small problems: the Python loop would dominate).
+_MV_LOOP_MIN_ENTRIES = 1 << 15
+
+
+def batched_mv(
+    k: Tensor,
+    v: Tensor,
+    *,
+    lengths: tuple[list[int], list[int]] | None = None,
+    fill: float = 1.0,
+) -> Tensor:
+    """``(B, N, M) @ (B, M) -> (B, N)``, as a loop of ``torch.mv`` or one ``torch.bmm``.
+
+    ``k`` may be a transposed view. With ``lengths = (rows, cols)`` (valid sizes per problem,
+    padding trailing), the loop multiplies only ``k[i, :rows[i], :cols[i]]`` and writes ``fill``
+    into the padded rows (the caller must not need them); the single-``bmm`` path ignores it.
+    Not differentiable (used under ``torch.no_grad()`` and in custom backward functions).
+    """
+    batch, n, m = k.shape
+    if (batch == 1 and lengths is None) or n * m < _MV_LOOP_MIN_ENTRIES:
+        return torch.bmm(k, v.unsqueeze(-1)).squeeze(-1)
+    out = torch.empty(batch, n, dtype=torch.promote_types(k.dtype, v.dtype), device=k.device)
+    for i in range(batch):
+        if lengths is None:
+            torch.mv(k[i], v[i], out=out[i])
+        else:
+            r, c = lengths[0][i], lengths[1][i]
+            torch.mv(k[i, :r, :c], v[i, :c], out=out[i, :r])
+            out[i, r:] = fill
+    return out
+
+
+def _valid_lengths(mask: Tensor) -> list[int]:
+    """One past the last ``True`` per problem (the size without trailing padding)."""
+    idx = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return torch.where(mask, idx, 0).amax(1).tolist()
 
 
 class StabilizedKernel:
@@ -131,6 +176,10 @@ class StabilizedKernel:
         self.cost, self.eps = cost, eps
         self.row_mask, self.col_mask = row_mask, col_mask
         self.kernel: Tensor | None = None
+        n_valid, m_valid = _valid_lengths(row_mask), _valid_lengths(col_mask)
+        # trailing padding (grouped losses): the loop's products skip it
+        padded = min(n_valid) < cost.shape[1] or min(m_valid) < cost.shape[2]
+        self._lengths = (n_valid, m_valid) if padded else None
 
     def rebuild(self, *, f: Tensor | None = None, g: Tensor | None = None) -> None:
         """Reference potentials from ``g`` (c-transform to rows first) or from ``f``."""
@@ -162,20 +211,26 @@ class StabilizedKernel:
         negligible = z < EXP_FLOOR
         return z.clamp_min_(EXP_FLOOR).exp_().masked_fill_(negligible, 0.0), shift
 
-    def _apply(self, kernel: Tensor, h: Tensor, out_ref: Tensor, in_ref: Tensor) -> Tensor | None:
+    def _apply(
+        self, kernel: Tensor, h: Tensor, out_ref: Tensor, in_ref: Tensor, lengths
+    ) -> Tensor | None:
         v, shift = self._weights(h, in_ref)
-        total = torch.bmm(kernel, v.unsqueeze(-1)).squeeze(-1)
+        total = batched_mv(kernel, v, lengths=lengths)
         if not bool((total > _KERNEL_SAFE_SUM).all()):
             return None
         return out_ref - self.eps * (shift + total.log())
 
     def rows(self, h: Tensor) -> Tensor | None:
-        """Soft-min over the columns, (B, N); ``None`` when unsafe."""
-        return self._apply(self.kernel, h, self.f_ref, self.g_ref)
+        """Soft-min over the columns, (B, N); ``None`` when unsafe.
+
+        Rows after the last positive-weight row are not computed (their value is ``f_ref``).
+        """
+        return self._apply(self.kernel, h, self.f_ref, self.g_ref, self._lengths)
 
     def cols(self, h: Tensor) -> Tensor | None:
-        """Soft-min over the rows, (B, M); ``None`` when unsafe."""
-        return self._apply(self.kernel.transpose(1, 2), h, self.g_ref, self.f_ref)
+        """Soft-min over the rows, (B, M); ``None`` when unsafe (trailing padding as in ``rows``)."""
+        lengths = None if self._lengths is None else self._lengths[::-1]
+        return self._apply(self.kernel.transpose(1, 2), h, self.g_ref, self.f_ref, lengths)
 
     def rows_sqeuclidean(self, x: Tensor, y: Tensor, h: Tensor) -> Tensor | None:
         """Differentiable soft-min over the columns for the squared cost; ``None`` when unsafe.
@@ -188,7 +243,7 @@ class StabilizedKernel:
         """
         with torch.no_grad():
             v, shift = self._weights(h.detach(), self.g_ref)
-            total = torch.bmm(self.kernel, v.unsqueeze(-1)).squeeze(-1)
+            total = batched_mv(self.kernel, v)
             if not bool((total > _KERNEL_SAFE_SUM).all()):
                 return None
         return _KernelRowsSq.apply(x, y, h, self, v, shift, total)
@@ -211,14 +266,24 @@ class _KernelRowsSq(torch.autograd.Function):
         k = kern.kernel.to(grad_out.dtype)
         kt = k.transpose(1, 2)
         w = grad_out / total  # (B, N)
-        ktw = torch.bmm(kt, w.unsqueeze(-1))  # (B, M, 1)
+        ktw = batched_mv(kt, w).unsqueeze(-1)  # (B, M, 1)
         gx = gy = gh = None
         if ctx.needs_input_grad[0]:
-            gx = 2.0 * (
-                grad_out.unsqueeze(-1) * x - w.unsqueeze(-1) * torch.bmm(k, v.unsqueeze(-1) * y)
+            vy = v.unsqueeze(-1) * y  # (B, M, D)
+            kvy = (
+                batched_mv(k, vy[..., 0]).unsqueeze(-1)
+                if y.shape[-1] == 1
+                else torch.bmm(k, vy)
             )
+            gx = 2.0 * (grad_out.unsqueeze(-1) * x - w.unsqueeze(-1) * kvy)
         if ctx.needs_input_grad[1]:
-            gy = 2.0 * v.unsqueeze(-1) * (y * ktw - torch.bmm(kt, w.unsqueeze(-1) * x))
+            wx = w.unsqueeze(-1) * x  # (B, N, D)
+            ktwx = (
+                batched_mv(kt, wx[..., 0]).unsqueeze(-1)
+                if x.shape[-1] == 1
+                else torch.bmm(kt, wx)
+            )
+            gy = 2.0 * v.unsqueeze(-1) * (y * ktw - ktwx)
         if ctx.needs_input_grad[2]:
             gh = -kern.eps * v * ktw.squeeze(-1)
         return gx, gy, gh, None, None, None, None

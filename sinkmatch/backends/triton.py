@@ -468,6 +468,8 @@ class TritonSoftmin:
     """
 
     name: ClassVar[str] = "triton"
+    # The solver passes n_valid/m_valid (trailing padding skipped) to backends declaring this.
+    supports_valid_lengths: ClassVar[bool] = True
 
     def __init__(self, *, block_n: int = 64, block_m: int = 32, num_warps: int = 4):
         _check_blocks(block_n, block_m, num_warps)
