@@ -541,7 +541,17 @@ class DistributionMatchingLoss(nn.Module):
         self.value = _check_value(value)
         self.solver_kwargs = solver_kwargs
 
-    def forward(self, pred: Tensor, score: Tensor | None = None) -> Tensor:
+    def forward(
+        self, pred: Tensor, score: Tensor | None = None, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Loss of ``pred`` against a fresh prior sample.
+
+        Args:
+            pred: Predicted counts (any shape, flattened).
+            score: Pseudo density of each prediction, required when built with ``split_q``.
+            generator: Draws this call's prior sample; defaults to the generator given at
+                construction (or torch's global one).
+        """
         if score is None and self.split_q is not None:
             raise ValueError("this loss was built with split_q (CSS-CCNN++): pass score=")
         return distribution_matching_loss(
@@ -549,8 +559,8 @@ class DistributionMatchingLoss(nn.Module):
             samples_per_prediction=self.samples_per_prediction, score=score,
             split_q=self.split_q if score is not None else None,
             min_group_size=self.min_group_size, ties=self.ties, split_mode=self.split_mode,
-            scale=self.scale, generator=self.generator, eps=self.eps, value=self.value,
-            **self.solver_kwargs,
+            scale=self.scale, generator=self.generator if generator is None else generator,
+            eps=self.eps, value=self.value, **self.solver_kwargs,
         )
 
     def extra_repr(self) -> str:

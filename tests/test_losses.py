@@ -249,6 +249,17 @@ def test_distribution_matching_reproducible_with_generator_and_sizes():
     assert torch.allclose(run(0, scale=0.5), 0.5 * sinkhorn_loss(pred.reshape(-1), target))
 
 
+def test_distribution_matching_module_forward_generator_overrides_the_stored_one():
+    prior = ExpPrior()
+    pred = torch.rand(12, dtype=F64) * 4
+    module = DistributionMatchingLoss(prior, generator=torch.Generator().manual_seed(5))
+    per_call = module(pred, generator=torch.Generator().manual_seed(0))
+    functional = distribution_matching_loss(pred, prior, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(per_call, functional)
+    stored = module(pred)  # falls back to the generator given at construction (seed 5)
+    assert not torch.equal(stored, per_call)
+
+
 def test_plus_plus_equals_sum_of_separate_group_losses():
     prior = ExpPrior(3.0)
     gen = torch.Generator().manual_seed(10)
