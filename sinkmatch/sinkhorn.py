@@ -69,6 +69,11 @@ _LEVEL_MAX_ITER = 30
 _LEVEL_CHECK = 3
 _FIXED_LEVEL_ITER = 3
 _OMEGA = 1.8
+# At the final ε, a check whose marginal error is above _STALL_RATIO times the previous check's
+# triggers a line search along the last period's change of g (see _extrapolate), with at most
+# _EXTRAPOLATE_TRIALS + 1 trials of two soft-mins each.
+_STALL_RATIO = 0.5
+_EXTRAPOLATE_TRIALS = 20
 # With a warm start (init=...), ε-scaling starts at this multiple of eps (1: no scaling; on the
 # CSS-CCNN workload exact1d + no scaling takes 21 iterations, exact1d + start 8·eps 58).
 _WARM_EPS_START_FACTOR = 1.0
@@ -85,8 +90,8 @@ class SinkhornResult:
             ``x``–``y`` problem).
         g ((B, M) Tensor): Dual potential on ``y``.
         n_iter (int or 0-dim Tensor): Sinkhorn iterations (one ``f`` and one ``g`` update each),
-            ε-scaling included; a tensor in fixed-iteration mode (for ``"divergence"``: of the
-            ``x``–``y`` problem).
+            ε-scaling and line-search trials (two soft-mins each) included; a tensor in
+            fixed-iteration mode (for ``"divergence"``: of the ``x``–``y`` problem).
         converged ((B,) bool Tensor): ``marginal_error < tol`` per problem.
         marginal_error ((B,) Tensor): L1 marginal error
             :math:`\\sum_i |a_i - (P\\mathbb 1)_i| + \\sum_j |b_j - (P^\\top \\mathbb 1)_j|` of the
@@ -275,6 +280,79 @@ def _levels(eps: float, eps_start: float | None, factor: float | None) -> list[f
     return [*levels, eps]
 
 
+def _extrapolate(
+    prob: _Problem, g: Tensor, d: Tensor, t: Tensor, eps: float, active: Tensor, *, max_trials: int
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Step ``g + beta d`` along the last check period's change ``d`` (a line search).
+
+    Near-degenerate problems at small ε (a group of rows that almost exactly fills a group of
+    columns) have slow modes: shifting the two groups' potentials against each other changes
+    only the exponentially small mass between them, and a Sinkhorn iteration moves along that
+    direction by about ε times the relative imbalance (1e-3 or less), so that the marginal
+    error stays constant for thousands of iterations (or decays by 1% per check). The
+    semi-dual :math:`S(g) = \\langle a, T_x(g)\\rangle + \\langle b, g\\rangle` is concave with
+    derivative :math:`S'(\\beta) = \\langle b - P(\\beta)^\\top \\mathbb 1, d\\rangle` along the line
+    (:math:`P(\\beta)` the plan with exact rows), so ``beta = 1, 2, 4, ...`` is doubled while
+    ``S' > 0`` and a secant step refines the bracket; every accepted point has a larger ``S``
+    than ``g`` (per problem; ``active`` (B,) bool marks the stalled ones). Each trial costs two
+    soft-mins, the work of one iteration, and the caller counts it as one (at most
+    ``max_trials``, >= 2).
+
+    Returns:
+        The new ``g``, its probe ``T_x(g)``, which problems moved ((B,) bool), the trials used.
+    """
+
+    def slope(beta: Tensor) -> tuple[Tensor, Tensor]:
+        g_new = g + beta[:, None] * d
+        t_new = prob.t_x(g_new, eps)
+        g_col = prob.t_y(t_new, eps)
+        col = torch.where(prob.b > 0, prob.b * torch.exp((g_new - g_col) / eps), 0.0)
+        return ((prob.b - col) * d).sum(-1), t_new
+
+    zero = torch.zeros(d.shape[0], dtype=d.dtype, device=d.device)
+    lo, hi = zero.clone(), torch.full_like(zero, math.inf)
+    slope_lo, slope_hi = zero.clone(), zero.clone()
+    best_t = t
+    beta = torch.where(active, 1.0, 0.0)
+    used = 0
+    for _ in range(max_trials - 1):
+        rising = active & torch.isinf(hi)
+        if not bool(rising.any()):
+            break
+        s_new, t_new = slope(torch.where(rising, beta, lo))
+        used += 1
+        up = rising & (s_new > 0)
+        down = rising & ~(s_new > 0)
+        lo, slope_lo = torch.where(up, beta, lo), torch.where(up, s_new, slope_lo)
+        hi, slope_hi = torch.where(down, beta, hi), torch.where(down, s_new, slope_hi)
+        best_t = torch.where(up[:, None], t_new, best_t)
+        beta = torch.where(up, 2.0 * beta, beta)
+    # secant step in the bracket [lo, hi]; kept where its slope is smaller in magnitude
+    bracket = active & (lo > 0) & torch.isfinite(hi) & (slope_lo > slope_hi)
+    if bool(bracket.any()):
+        safe_hi = torch.where(bracket, hi, lo)
+        sec = lo + (safe_hi - lo) * slope_lo / torch.where(bracket, slope_lo - slope_hi, 1.0)
+        sec = torch.where(bracket, sec, lo)
+        s_sec, t_sec = slope(sec)
+        used += 1
+        take = bracket & (s_sec.abs() < slope_lo)
+        lo = torch.where(take, sec, lo)
+        best_t = torch.where(take[:, None], t_sec, best_t)
+    moved = lo > 0
+    return g + lo[:, None] * d, best_t, moved, used
+
+
+def _uniform(w: Tensor) -> float | Tensor:
+    """Per-problem weights ``w`` (B,) as a float when they are all equal (synchronises)."""
+    first = w[0]
+    return float(first) if bool((w == first).all()) else w
+
+
+def _weight(w: float | Tensor) -> float | Tensor:
+    """An over-relaxation weight for ``torch.lerp`` on (B, N) potentials."""
+    return w if isinstance(w, float) else w[:, None]
+
+
 def _iterate(
     prob: _Problem,
     f: Tensor,
@@ -295,7 +373,9 @@ def _iterate(
     :math:`a_i e^{(f_i - t_i)/\varepsilon}`: the check costs no extra pass. Symmetric problems
     (``x = y``) use the averaged update ``f <- (f + T(f)) / 2`` (Feydy et al. 2019). On
     convergence the loop stops *before* advancing, so the returned pair is the one checked.
-    In fixed mode nothing is read back.
+    At the final ε, a check that finds the error above ``_STALL_RATIO`` times the previous
+    check's runs :func:`_extrapolate` for the stalled problems (a problem it moves takes a plain
+    step next and gets ``omega`` back). In fixed mode nothing is read back.
     """
     scaling = levels[:-1]
     budget = max_iter // 2
@@ -312,27 +392,57 @@ def _iterate(
     for k, (e, n_max, level_tol, period) in enumerate(plan):
         final = k == len(plan) - 1
         n_max = max_iter - n_iter if final else (n_max if fixed else min(n_max, budget - n_iter))
-        omega, last_err = _OMEGA, math.inf
-        for i in range(n_max):
+        # per-problem state: over-relaxation, last error, line-search back-off
+        omega = torch.full_like(f[:, 0], _OMEGA)
+        last_err = torch.full_like(omega, math.inf)
+        misses = torch.zeros_like(omega, dtype=torch.int64)
+        next_try = torch.zeros_like(misses)
+        g_check, err_check, n_check = None, None, 0
+        w_now: float | Tensor = _OMEGA  # a float while uniform (no sync inside the loop)
+        restart_now, w_restart = False, w_now
+        i = -1
+        while i + 1 < n_max:
+            i += 1
             t = prob.t_x(f if prob.symmetric else g, e)
             if not fixed and i >= check_from and (i - check_from) % period == 0:
                 err = (2.0 if prob.symmetric else 1.0) * _marginal_error(prob.a, f, t, e).detach()
                 if bool((err < level_tol).all()):
                     break
-                worst = float(err.max())
-                if not worst < last_err:
-                    omega = 1.0  # safeguard: over-relaxation stalled, fall back to plain steps
-                last_err = worst
+                restart = torch.zeros_like(err, dtype=torch.bool)  # moved by a line search
+                if final and not prob.symmetric:
+                    trials = min(_EXTRAPOLATE_TRIALS + 1, n_max - i - 1)
+                    if g_check is not None and trials >= 2:
+                        stalled = (err > _STALL_RATIO * err_check) & (next_try <= n_check)
+                        if bool(stalled.any()):
+                            g, t, restart, used = _extrapolate(
+                                prob, g, g - g_check, t, e, stalled, max_trials=trials
+                            )
+                            n_iter, n_max = n_iter + used, n_max - used  # trials count
+                            # back off after a failed search
+                            misses = torch.where(restart, 0, misses + stalled.long())
+                            backoff = n_check + torch.bitwise_left_shift(1, misses.clamp(max=6))
+                            next_try = torch.where(stalled, backoff, next_try)
+                    g_check, err_check, n_check = g, err, n_check + 1
+                # safeguard: where over-relaxation stalled, fall back to plain steps; a problem
+                # moved by the line search starts afresh
+                omega = torch.where(restart, _OMEGA, torch.where(err < last_err, omega, 1.0))
+                last_err = torch.where(restart, math.inf, err)
+                w_now = _uniform(omega)
+                restart_now = bool(restart.any())
+                if restart_now:  # a plain step for the moved problems
+                    w_restart = _uniform(torch.where(restart, 1.0, omega))
             n_iter += 1
             if prob.symmetric:
                 f = g = 0.5 * (f + t)
                 continue
-            w = omega if i >= 1 else 1.0
-            f = t if w == 1.0 else torch.lerp(f, t, w)
+            w = 1.0 if i == 0 else (w_restart if restart_now else w_now)
+            restart_now = False
+            plain_f = isinstance(w, float) and w == 1.0
+            f = t if plain_f else torch.lerp(f, t, _weight(w))
             t_g = prob.t_y(f, e)
             next_is_check = not fixed and (i + 1 - check_from) % period == 0
-            plain = w == 1.0 or next_is_check or (final and i == n_max - 1)
-            g = t_g if plain else torch.lerp(g, t_g, w)
+            plain = plain_f or next_is_check or (final and i == n_max - 1)
+            g = t_g if plain else torch.lerp(g, t_g, _weight(w))
     return f, g, n_iter
 
 
@@ -519,14 +629,18 @@ def sinkhorn(
             (:math:`\\langle P_\\varepsilon, C\\rangle`, what POT's ``sinkhorn2`` returns) or
             ``"divergence"`` (the debiased :math:`S_\\varepsilon`; the self terms are solved with
             the symmetric update).
-        max_iter: Maximum number of iterations, ε-scaling included (the scaling phase uses at
-            most half of them); exactly this many when ``fixed_iterations``.
+        max_iter: Maximum number of iterations, ε-scaling and line-search trials included (the
+            scaling phase uses at most half of them); exactly this many when
+            ``fixed_iterations``.
         tol: Stop when the L1 marginal error (columns are exact after each ``g`` update, so
             this is :math:`\\sum_i |a_i - (P\\mathbb 1)_i|`) is below ``tol`` for every problem.
         check_every: Check the stopping rule every this many iterations at the final ε.
         eps_scaling: Factor in (0, 1) of geometric ε-scaling, or ``None`` for none. At every
             intermediate level the loop iterates until the marginal error is below 0.01 (at most
-            30 iterations); at the final ε it iterates to ``tol``.
+            30 iterations); at the final ε it iterates to ``tol``. There, a check whose error is
+            above half the previous one's triggers a line search on the semi-dual along the
+            last period's change of ``g`` (per problem): near-degenerate problems at small ε
+            otherwise crawl along a slow mode for thousands of iterations.
         eps_start: First ε of the scaling; default: the cost's diameter (an upper bound on the
             largest cost, e.g. :math:`(\\max - \\min)^2` in 1-D for the squared cost), or
             ``eps`` (no scaling) with a warm start (``init`` not ``None`` after the ``"auto"``
