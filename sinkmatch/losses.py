@@ -124,6 +124,16 @@ def sinkhorn_loss(
     return _reduce(_solve(x, y, a, b, eps=eps, value=value, **solver_kwargs).value, reduction)
 
 
+def _store_solver_settings(
+    module: nn.Module, eps: float, value: str, reduction: str, solver_kwargs: dict[str, Any]
+) -> None:
+    """Validate and store the settings shared by the Sinkhorn loss modules."""
+    module.eps = eps
+    module.value = _check_value(value)
+    module.reduction = _check_reduction(reduction)
+    module.solver_kwargs = solver_kwargs
+
+
 class SinkhornLoss(nn.Module):
     """Module form of :func:`sinkhorn_loss`; holds the settings, ``forward(x, y, a=None, b=None)``.
 
@@ -143,10 +153,7 @@ class SinkhornLoss(nn.Module):
         **solver_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.eps = eps
-        self.value = _check_value(value)
-        self.reduction = _check_reduction(reduction)
-        self.solver_kwargs = solver_kwargs
+        _store_solver_settings(self, eps, value, reduction, solver_kwargs)
 
     def forward(
         self, x: Tensor, y: Tensor, a: Tensor | None = None, b: Tensor | None = None
@@ -301,10 +308,7 @@ class GroupedSinkhornLoss(nn.Module):
         **solver_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.eps = eps
-        self.value = _check_value(value)
-        self.reduction = _check_reduction(reduction)
-        self.solver_kwargs = solver_kwargs
+        _store_solver_settings(self, eps, value, reduction, solver_kwargs)
 
     def forward(
         self,
