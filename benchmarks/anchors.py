@@ -147,11 +147,13 @@ def plan_metrics(
         pad_c = nb_c * block - m
         lu = torch.nn.functional.pad(logu, (0, pad_r), value=-math.inf).view(nb_r, block)
         lv = torch.nn.functional.pad(logv, (0, pad_c), value=-math.inf).view(nb_c, block)
-        xlo = xs[:: block]
+        xlo = xs[::block]
         xhi = torch.nn.functional.pad(xs, (0, pad_r), value=float(xs[-1])).view(nb_r, block)[:, -1]
-        ylo = ys[:: block]
+        ylo = ys[::block]
         yhi = torch.nn.functional.pad(ys, (0, pad_c), value=float(ys[-1])).view(nb_c, block)[:, -1]
-        gap = torch.clamp(torch.maximum(ylo[None, :] - xhi[:, None], xlo[:, None] - yhi[None, :]), min=0)
+        gap = torch.clamp(
+            torch.maximum(ylo[None, :] - xhi[:, None], xlo[:, None] - yhi[None, :]), min=0
+        )
         bound = lu.max(1).values[:, None] + lv.max(1).values[None, :] - gap**2 / eps
         need = bound > log_floor
         # NaN bounds (a solver returned NaN) must be evaluated to propagate the NaN.
@@ -259,12 +261,20 @@ def _prep_sort_torch(w: Workload):
     def step():
         for x, _, _, _ in probs:
             x.grad = None
-        total = sum(((torch.sort(x[:, 0]).values - torch.sort(y[:, 0]).values) ** 2).mean() for x, y, _, _ in probs)
+        total = sum(
+            ((torch.sort(x[:, 0]).values - torch.sort(y[:, 0]).values) ** 2).mean()
+            for x, y, _, _ in probs
+        )
         total.backward()
         return total
 
     def finish(total):
-        return Solved(float(total.detach()), [x.grad.double().numpy() for x, _, _, _ in probs], [None] * len(probs), None)
+        return Solved(
+            float(total.detach()),
+            [x.grad.double().numpy() for x, _, _, _ in probs],
+            [None] * len(probs),
+            None,
+        )
 
     return step, finish
 
@@ -306,7 +316,11 @@ def _prep_exact_sinkmatch(w: Workload):
 
     def finish_b(v):
         g = xb.grad.double().numpy()
-        return Solved(float(v.detach()), [g[k, : p.n] for k, p in enumerate(w.problems)], [None] * len(w.problems))
+        return Solved(
+            float(v.detach()),
+            [g[k, : p.n] for k, p in enumerate(w.problems)],
+            [None] * len(w.problems),
+        )
 
     del torch
     return step_b, finish_b
@@ -348,10 +362,18 @@ def _make_prep_sinkmatch(**kwargs):
             grads, duals = [], []
             for k, p in enumerate(w.problems):
                 grads.append(g if w.mode == "single" else g[k, : p.n])
-                duals.append(("logscale", _log(p.a) + f[k, : p.n] / eps, _log(p.b) + gg[k, : p.m] / eps))
+                duals.append(
+                    ("logscale", _log(p.a) + f[k, : p.n] / eps, _log(p.b) + gg[k, : p.m] / eps)
+                )
             n_iter = res.n_iter
             n_iter = int(n_iter.max()) if hasattr(n_iter, "max") else int(n_iter)
-            return Solved(float(v.detach()), grads, duals, n_iter, f"sinkmatch reports converged={bool(res.converged.all())}")
+            return Solved(
+                float(v.detach()),
+                grads,
+                duals,
+                n_iter,
+                f"sinkmatch reports converged={bool(res.converged.all())}",
+            )
 
         return step, finish
 
@@ -374,8 +396,13 @@ def _prep_sinkmatch_grouped(w: Workload):
         return v
 
     def finish(v):
-        return Solved(float(v.detach()), [x.grad.double().numpy() for x in xs], [None] * len(xs), None,
-                      "loss API: returns no potentials, marginal errors n/a")
+        return Solved(
+            float(v.detach()),
+            [x.grad.double().numpy() for x in xs],
+            [None] * len(xs),
+            None,
+            "loss API: returns no potentials, marginal errors n/a",
+        )
 
     return step, finish
 
@@ -412,11 +439,15 @@ def _make_prep_pot(method: str, **kwargs):
                 x.grad = None
                 mat = _sq_cost(x, y)
                 if method == "sinkhorn_epsilon_scaling":
-                    plan, log = ot.bregman.sinkhorn_epsilon_scaling(a, b, mat, w.eps, log=True, warn=False, **kwargs)
+                    plan, log = ot.bregman.sinkhorn_epsilon_scaling(
+                        a, b, mat, w.eps, log=True, warn=False, **kwargs
+                    )
                     loss = (mat * plan).sum()
                     outs.append((plan.detach(), log))
                 else:
-                    loss, log = ot.sinkhorn2(a, b, mat, w.eps, method=method, log=True, warn=False, **kwargs)
+                    loss, log = ot.sinkhorn2(
+                        a, b, mat, w.eps, method=method, log=True, warn=False, **kwargs
+                    )
                     outs.append((None, log))
                 total = total + loss
             total.backward()
@@ -430,13 +461,35 @@ def _make_prep_pot(method: str, **kwargs):
                 if plan is not None:
                     duals.append(("plan", plan.double().numpy()))
                 elif "log_u" in log:
-                    duals.append(("logscale", log["log_u"].detach().double().numpy(), log["log_v"].detach().double().numpy()))
+                    duals.append(
+                        (
+                            "logscale",
+                            log["log_u"].detach().double().numpy(),
+                            log["log_v"].detach().double().numpy(),
+                        )
+                    )
                 elif "logu" in log:
-                    duals.append(("logscale", log["logu"].detach().double().numpy(), log["logv"].detach().double().numpy()))
+                    duals.append(
+                        (
+                            "logscale",
+                            log["logu"].detach().double().numpy(),
+                            log["logv"].detach().double().numpy(),
+                        )
+                    )
                 else:
-                    duals.append(("logscale", _log(log["u"].detach().double().numpy()), _log(log["v"].detach().double().numpy())))
+                    duals.append(
+                        (
+                            "logscale",
+                            _log(log["u"].detach().double().numpy()),
+                            _log(log["v"].detach().double().numpy()),
+                        )
+                    )
                 iters.append(int(log.get("niter", log.get("n_iter", -1))))
-            note = "n_iter = outer ε steps (100 inner max each)" if method == "sinkhorn_epsilon_scaling" else ""
+            note = (
+                "n_iter = outer ε steps (100 inner max each)"
+                if method == "sinkhorn_epsilon_scaling"
+                else ""
+            )
             return Solved(float(total.detach()), grads, duals, max(iters), note)
 
         return step, finish
@@ -480,7 +533,9 @@ def _make_prep_geomloss(scaling: float):
                 duals.append(("logscale", _log(p.a) + f / w.eps, _log(p.b) + g / w.eps))
                 diam = max_diameter(x.detach(), y)
                 iters.append(len(epsilon_schedule(2, diam, blur, scaling)))
-            return Solved(float(total.detach()), grads, duals, max(iters), "n_iter = ε levels (1 update each)")
+            return Solved(
+                float(total.detach()), grads, duals, max(iters), "n_iter = ε levels (1 update each)"
+            )
 
         return step, finish
 
@@ -492,7 +547,9 @@ def _make_prep_geomloss(scaling: float):
 # ----------------------------------------------------------------------------------------------
 
 
-def _make_prep_ott(*, init: float, decay: float, max_iterations: int = 20000, threshold: float = 1e-3):
+def _make_prep_ott(
+    *, init: float, decay: float, max_iterations: int = 20000, threshold: float = 1e-3
+):
     def prep(w: Workload):
         import jax
         import jax.numpy as jnp
@@ -500,6 +557,7 @@ def _make_prep_ott(*, init: float, decay: float, max_iterations: int = 20000, th
         from ott.solvers import linear
 
         inner = 10
+
         # No min_iterations: OTT records the error as inf before min_iterations and its loop
         # reads an inf error as divergence, so it would stop right at min_iterations (measured).
         # Early stopping at a large ε cannot happen anyway: the error is evaluated at the target ε.
@@ -507,13 +565,23 @@ def _make_prep_ott(*, init: float, decay: float, max_iterations: int = 20000, th
             sched = epsilon_scheduler.Epsilon(target=w.eps, init=init, decay=decay)
             geom = pointcloud.PointCloud(x, y, epsilon=sched)
             out = linear.solve(
-                geom, a, b, threshold=threshold, max_iterations=max_iterations, inner_iterations=inner,
+                geom,
+                a,
+                b,
+                threshold=threshold,
+                max_iterations=max_iterations,
+                inner_iterations=inner,
             )
             return out.reg_ot_cost, (out.f, out.g, out.n_iters)
 
         vg = jax.jit(jax.value_and_grad(loss, has_aux=True))
         data = [
-            (jnp.asarray(p.x), jnp.asarray(p.y), jnp.asarray(p.a, jnp.float32), jnp.asarray(p.b, jnp.float32))
+            (
+                jnp.asarray(p.x),
+                jnp.asarray(p.y),
+                jnp.asarray(p.a, jnp.float32),
+                jnp.asarray(p.b, jnp.float32),
+            )
             for p in w.problems
         ]
 
@@ -525,11 +593,17 @@ def _make_prep_ott(*, init: float, decay: float, max_iterations: int = 20000, th
         def finish(outs):
             grads, duals, iters = [], [], []
             total = 0.0
-            for ((val, (f, g, n_it)), gx) in outs:
+            for (val, (f, g, n_it)), gx in outs:
                 total += float(val)
                 grads.append(np.asarray(gx, np.float64))
                 # OTT: P = exp((f_i + g_j - C_ij) / eps), the weights are inside f, g.
-                duals.append(("logscale", np.asarray(f, np.float64) / w.eps, np.asarray(g, np.float64) / w.eps))
+                duals.append(
+                    (
+                        "logscale",
+                        np.asarray(f, np.float64) / w.eps,
+                        np.asarray(g, np.float64) / w.eps,
+                    )
+                )
                 iters.append(int(n_it))
             return Solved(total, grads, duals, max(iters), f"ε decay init={init:g} decay={decay:g}")
 
@@ -573,7 +647,12 @@ def _skip_pot(method: str):
     def skip(w: Workload) -> str | None:
         # POT keeps M, K (or the log kernel) and, for autodiff through the loop, a few more
         # N x M tensors: sinkhorn_log unrolls 1000 iterations of N x M logsumexp.
-        copies = {"sinkhorn": 4, "sinkhorn_stabilized": 6, "sinkhorn_log": 6, "sinkhorn_epsilon_scaling": 6}[method]
+        copies = {
+            "sinkhorn": 4,
+            "sinkhorn_stabilized": 6,
+            "sinkhorn_log": 6,
+            "sinkhorn_epsilon_scaling": 6,
+        }[method]
         return _too_big(w, copies, 8.0)
 
     return skip
@@ -586,9 +665,11 @@ def _skip_geomloss(w: Workload) -> str | None:
 
 def _skip_ott(w: Workload) -> str | None:
     if w.mode == "batch":
-        return ("measured while building this harness: vmap over the 64 problems padded to 400 with zero weights "
-                "takes 86 s for the first (jit) call and 58 s per call after, beyond the per-case limit; "
-                "a loop would compile 64 shapes")
+        return (
+            "measured while building this harness: vmap over the 64 problems padded to 400 with zero weights "
+            "takes 86 s for the first (jit) call and 58 s per call after, beyond the per-case limit; "
+            "a loop would compile 64 shapes"
+        )
     return None
 
 
@@ -599,21 +680,142 @@ def _register(ad: Adapter) -> None:
     ADAPTERS[ad.name] = ad
 
 
-_register(Adapter("exact:sort-torch", "exact", "torch.sort, mean((sort x - sort y)^2)", _prep_sort_torch, _skip_sort_torch, exact=True))
-_register(Adapter("exact:sinkmatch", "exact", "sinkmatch.wasserstein_1d(p=2)", _prep_exact_sinkmatch, _skip_not_1d, exact=True))
-_register(Adapter("sinkmatch:default", "sinkmatch", "sinkhorn(x, y, a, b, eps=eps) defaults", _make_prep_sinkmatch()))
-_register(Adapter("sinkmatch:exact1d-init", "sinkmatch", "sinkhorn(..., init='exact1d')", _make_prep_sinkmatch(init="exact1d"), _skip_not_1d))
-_register(Adapter("sinkmatch:exact1d-dense", "sinkmatch", "sinkhorn(..., init='exact1d', backend='dense')", _make_prep_sinkmatch(init="exact1d", backend="dense"), _skip_sinkmatch_dense))
-_register(Adapter("sinkmatch:grouped-loss", "sinkmatch", "grouped_sinkhorn_loss(xs, ys, eps=eps, init='exact1d')", _prep_sinkmatch_grouped, _skip_not_multi))
-_register(Adapter("pot:sinkhorn", "pot", "sinkhorn2 default (sinkhorn_knopp)", _make_prep_pot("sinkhorn"), _skip_pot("sinkhorn")))
-_register(Adapter("pot:sinkhorn_log", "pot", "sinkhorn2(method='sinkhorn_log')", _make_prep_pot("sinkhorn_log"), _skip_pot("sinkhorn_log")))
-_register(Adapter("pot:sinkhorn_stabilized", "pot", "sinkhorn2(method='sinkhorn_stabilized')", _make_prep_pot("sinkhorn_stabilized"), _skip_pot("sinkhorn_stabilized")))
-_register(Adapter("pot:epsilon_scaling", "pot", "bregman.sinkhorn_epsilon_scaling, loss <P, C>", _make_prep_pot("sinkhorn_epsilon_scaling"), _skip_pot("sinkhorn_epsilon_scaling")))
-_register(Adapter("geomloss:s0.5", "geomloss", "SamplesLoss tensorized, scaling=0.5 (default)", _make_prep_geomloss(0.5), _skip_geomloss))
-_register(Adapter("geomloss:s0.9", "geomloss", "SamplesLoss tensorized, scaling=0.9", _make_prep_geomloss(0.9), _skip_geomloss))
-_register(Adapter("geomloss:s0.99", "geomloss", "SamplesLoss tensorized, scaling=0.99", _make_prep_geomloss(0.99), _skip_geomloss))
-_register(Adapter("ott:decay", "ott", "Sinkhorn, Epsilon(init=1e3, decay=0.99), threshold 1e-3", _make_prep_ott(init=1e3, decay=0.99), _skip_ott))
-_register(Adapter("ott:decay-t1e-4", "ott", "Sinkhorn, Epsilon(init=1e3, decay=0.99), threshold 1e-4", _make_prep_ott(init=1e3, decay=0.99, threshold=1e-4), _skip_ott))
+_register(
+    Adapter(
+        "exact:sort-torch",
+        "exact",
+        "torch.sort, mean((sort x - sort y)^2)",
+        _prep_sort_torch,
+        _skip_sort_torch,
+        exact=True,
+    )
+)
+_register(
+    Adapter(
+        "exact:sinkmatch",
+        "exact",
+        "sinkmatch.wasserstein_1d(p=2)",
+        _prep_exact_sinkmatch,
+        _skip_not_1d,
+        exact=True,
+    )
+)
+_register(
+    Adapter(
+        "sinkmatch:default",
+        "sinkmatch",
+        "sinkhorn(x, y, a, b, eps=eps) defaults",
+        _make_prep_sinkmatch(),
+    )
+)
+_register(
+    Adapter(
+        "sinkmatch:exact1d-init",
+        "sinkmatch",
+        "sinkhorn(..., init='exact1d')",
+        _make_prep_sinkmatch(init="exact1d"),
+        _skip_not_1d,
+    )
+)
+_register(
+    Adapter(
+        "sinkmatch:exact1d-dense",
+        "sinkmatch",
+        "sinkhorn(..., init='exact1d', backend='dense')",
+        _make_prep_sinkmatch(init="exact1d", backend="dense"),
+        _skip_sinkmatch_dense,
+    )
+)
+_register(
+    Adapter(
+        "sinkmatch:grouped-loss",
+        "sinkmatch",
+        "grouped_sinkhorn_loss(xs, ys, eps=eps, init='exact1d')",
+        _prep_sinkmatch_grouped,
+        _skip_not_multi,
+    )
+)
+_register(
+    Adapter(
+        "pot:sinkhorn",
+        "pot",
+        "sinkhorn2 default (sinkhorn_knopp)",
+        _make_prep_pot("sinkhorn"),
+        _skip_pot("sinkhorn"),
+    )
+)
+_register(
+    Adapter(
+        "pot:sinkhorn_log",
+        "pot",
+        "sinkhorn2(method='sinkhorn_log')",
+        _make_prep_pot("sinkhorn_log"),
+        _skip_pot("sinkhorn_log"),
+    )
+)
+_register(
+    Adapter(
+        "pot:sinkhorn_stabilized",
+        "pot",
+        "sinkhorn2(method='sinkhorn_stabilized')",
+        _make_prep_pot("sinkhorn_stabilized"),
+        _skip_pot("sinkhorn_stabilized"),
+    )
+)
+_register(
+    Adapter(
+        "pot:epsilon_scaling",
+        "pot",
+        "bregman.sinkhorn_epsilon_scaling, loss <P, C>",
+        _make_prep_pot("sinkhorn_epsilon_scaling"),
+        _skip_pot("sinkhorn_epsilon_scaling"),
+    )
+)
+_register(
+    Adapter(
+        "geomloss:s0.5",
+        "geomloss",
+        "SamplesLoss tensorized, scaling=0.5 (default)",
+        _make_prep_geomloss(0.5),
+        _skip_geomloss,
+    )
+)
+_register(
+    Adapter(
+        "geomloss:s0.9",
+        "geomloss",
+        "SamplesLoss tensorized, scaling=0.9",
+        _make_prep_geomloss(0.9),
+        _skip_geomloss,
+    )
+)
+_register(
+    Adapter(
+        "geomloss:s0.99",
+        "geomloss",
+        "SamplesLoss tensorized, scaling=0.99",
+        _make_prep_geomloss(0.99),
+        _skip_geomloss,
+    )
+)
+_register(
+    Adapter(
+        "ott:decay",
+        "ott",
+        "Sinkhorn, Epsilon(init=1e3, decay=0.99), threshold 1e-3",
+        _make_prep_ott(init=1e3, decay=0.99),
+        _skip_ott,
+    )
+)
+_register(
+    Adapter(
+        "ott:decay-t1e-4",
+        "ott",
+        "Sinkhorn, Epsilon(init=1e3, decay=0.99), threshold 1e-4",
+        _make_prep_ott(init=1e3, decay=0.99, threshold=1e-4),
+        _skip_ott,
+    )
+)
 
 
 def get_adapter(name: str) -> Adapter:
@@ -637,8 +839,17 @@ def library_versions() -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    dists = {"torch": "torch", "numpy": "numpy", "scipy": "scipy", "ot": "pot", "geomloss": "geomloss",
-             "jax": "jax", "ott": "ott-jax", "pykeops": "pykeops", "sinkmatch": "sinkmatch"}
+    dists = {
+        "torch": "torch",
+        "numpy": "numpy",
+        "scipy": "scipy",
+        "ot": "pot",
+        "geomloss": "geomloss",
+        "jax": "jax",
+        "ott": "ott-jax",
+        "pykeops": "pykeops",
+        "sinkmatch": "sinkmatch",
+    }
     for key, dist in dists.items():
         try:
             out[key] = metadata.version(dist)

@@ -49,47 +49,137 @@ if str(ROOT) not in sys.path:
 RESULTS = ROOT / "benchmarks" / "results"
 
 FIELDS = [
-    "date_utc", "cpu", "python", "torch", "numpy", "ot", "geomloss", "jax", "ott", "pykeops", "sinkmatch",
-    "workload", "family", "mode", "n", "m", "d", "problems", "eps", "prior_source",
-    "adapter", "library", "variant", "status", "reason",
-    "time_s", "time_first_s", "repeats", "n_iter", "time_per_iter_s", "floor_iter_s", "floor_ratio",
-    "entries_per_s", "peak_rss_mb", "base_rss_mb",
-    "err_a", "err_b", "converged", "value_lib", "cost_plan", "cost_exact", "cost_rel_err",
-    "grad_rel_err", "grad_ref", "notes",
+    "date_utc",
+    "cpu",
+    "python",
+    "torch",
+    "numpy",
+    "ot",
+    "geomloss",
+    "jax",
+    "ott",
+    "pykeops",
+    "sinkmatch",
+    "workload",
+    "family",
+    "mode",
+    "n",
+    "m",
+    "d",
+    "problems",
+    "eps",
+    "prior_source",
+    "adapter",
+    "library",
+    "variant",
+    "status",
+    "reason",
+    "time_s",
+    "time_first_s",
+    "repeats",
+    "n_iter",
+    "time_per_iter_s",
+    "floor_iter_s",
+    "floor_ratio",
+    "entries_per_s",
+    "peak_rss_mb",
+    "base_rss_mb",
+    "err_a",
+    "err_b",
+    "converged",
+    "value_lib",
+    "cost_plan",
+    "cost_exact",
+    "cost_rel_err",
+    "grad_rel_err",
+    "grad_ref",
+    "notes",
 ]
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
 
 # ----------------------------------------------------------------------------------------------
 # Case plans
 # ----------------------------------------------------------------------------------------------
 
-ALL_1D = ["exact:sort-torch", "exact:sinkmatch", "sinkmatch:default", "sinkmatch:exact1d-init", "sinkmatch:exact1d-dense",
-          "sinkmatch:grouped-loss",
-          "pot:sinkhorn", "pot:sinkhorn_log", "pot:sinkhorn_stabilized", "pot:epsilon_scaling",
-          "geomloss:s0.5", "geomloss:s0.9", "geomloss:s0.99", "ott:decay", "ott:decay-t1e-4"]
-ALL_MD = ["sinkmatch:default", "pot:sinkhorn", "pot:sinkhorn_log", "pot:sinkhorn_stabilized",
-          "pot:epsilon_scaling", "geomloss:s0.5", "geomloss:s0.9", "geomloss:s0.99", "ott:decay", "ott:decay-t1e-4"]
+ALL_1D = [
+    "exact:sort-torch",
+    "exact:sinkmatch",
+    "sinkmatch:default",
+    "sinkmatch:exact1d-init",
+    "sinkmatch:exact1d-dense",
+    "sinkmatch:grouped-loss",
+    "pot:sinkhorn",
+    "pot:sinkhorn_log",
+    "pot:sinkhorn_stabilized",
+    "pot:epsilon_scaling",
+    "geomloss:s0.5",
+    "geomloss:s0.9",
+    "geomloss:s0.99",
+    "ott:decay",
+    "ott:decay-t1e-4",
+]
+ALL_MD = [
+    "sinkmatch:default",
+    "pot:sinkhorn",
+    "pot:sinkhorn_log",
+    "pot:sinkhorn_stabilized",
+    "pot:epsilon_scaling",
+    "geomloss:s0.5",
+    "geomloss:s0.9",
+    "geomloss:s0.99",
+    "ott:decay",
+    "ott:decay-t1e-4",
+]
 
 # Per-size caps (largest N*M per problem) for configurations whose cost is known to explode; the
 # reason is written to the CSV. Measured on this machine class (one core): see docs/benchmarks.md.
 SIZE_CAPS = {
-    "ott:decay-t1e-4": (2048**2, "killed at the 120 s limit at N = 4,096 in a rehearsal of this run (44 s at 1,568, "
-                                "~9,000 iterations x N^2): skipped to keep the run near 15 min"),
-    "pot:sinkhorn": (4096**2, "stops at iteration 0 at every size measured (kernel underflow in float32)"),
-    "pot:sinkhorn_log": (1100**2, "autodiff through 1,000 unrolled iterations stores ~2 N x M float32 "
-                                  "per iteration: > 16 GB beyond N = 1,024"),
-    "pot:sinkhorn_stabilized": (1568**2, "NaN values or gradients at every size tried; larger sizes add only time"),
-    "pot:epsilon_scaling": (1100**2, "out of memory at N = 1,024 already (autodiff through every "
-                                     "absorption); larger sizes cannot fit"),
-    "geomloss:s0.5": (4096**2, "tensorized, ~12 ε levels x 2 x N^2 log-sum-exp at the measured floor: > 60 s at "
-                               "16,384 and 17 GB of N x M buffers at 65,536 (KeOps online backend unavailable)"),
+    "ott:decay-t1e-4": (
+        2048**2,
+        "killed at the 120 s limit at N = 4,096 in a rehearsal of this run (44 s at 1,568, "
+        "~9,000 iterations x N^2): skipped to keep the run near 15 min",
+    ),
+    "pot:sinkhorn": (
+        4096**2,
+        "stops at iteration 0 at every size measured (kernel underflow in float32)",
+    ),
+    "pot:sinkhorn_log": (
+        1100**2,
+        "autodiff through 1,000 unrolled iterations stores ~2 N x M float32 "
+        "per iteration: > 16 GB beyond N = 1,024",
+    ),
+    "pot:sinkhorn_stabilized": (
+        1568**2,
+        "NaN values or gradients at every size tried; larger sizes add only time",
+    ),
+    "pot:epsilon_scaling": (
+        1100**2,
+        "out of memory at N = 1,024 already (autodiff through every "
+        "absorption); larger sizes cannot fit",
+    ),
+    "geomloss:s0.5": (
+        4096**2,
+        "tensorized, ~12 ε levels x 2 x N^2 log-sum-exp at the measured floor: > 60 s at "
+        "16,384 and 17 GB of N x M buffers at 65,536 (KeOps online backend unavailable)",
+    ),
     "geomloss:s0.9": (4096**2, "~55 ε levels x N^2: beyond the per-case time limit above 4,096"),
-    "geomloss:s0.99": (1024**2, "~600 ε levels x N^2: 32 s per call at 1,568 in the quick run; beyond the "
-                                "per-case time limit above 1,024"),
-    "ott:decay": (1100**2, "OTT's own threshold 1e-3 lands on the 1e-3 line of this check (see the 256 / 1,024 "
-                           "rows); the tighter variant ott:decay-t1e-4 stands for OTT-JAX at larger sizes"),
+    "geomloss:s0.99": (
+        1024**2,
+        "~600 ε levels x N^2: 32 s per call at 1,568 in the quick run; beyond the "
+        "per-case time limit above 1,024",
+    ),
+    "ott:decay": (
+        1100**2,
+        "OTT's own threshold 1e-3 lands on the 1e-3 line of this check (see the 256 / 1,024 "
+        "rows); the tighter variant ott:decay-t1e-4 stands for OTT-JAX at larger sizes",
+    ),
 }
 
 
@@ -98,12 +188,32 @@ def plan_cases(quick: bool) -> list[tuple[str, list[str]]]:
     if quick:
         return [
             ("css1d-256", ALL_1D),
-            ("css1d-1568", ["exact:sort-torch", "exact:sinkmatch", "sinkmatch:default", "sinkmatch:exact1d-init",
-                            "pot:sinkhorn", "geomloss:s0.5"]),
-            ("cssgroups-288x1568", ["exact:sinkmatch", "sinkmatch:default", "sinkmatch:exact1d-init", "geomloss:s0.5",
-                                    "ott:decay-t1e-4"]),
+            (
+                "css1d-1568",
+                [
+                    "exact:sort-torch",
+                    "exact:sinkmatch",
+                    "sinkmatch:default",
+                    "sinkmatch:exact1d-init",
+                    "pot:sinkhorn",
+                    "geomloss:s0.5",
+                ],
+            ),
+            (
+                "cssgroups-288x1568",
+                [
+                    "exact:sinkmatch",
+                    "sinkmatch:default",
+                    "sinkmatch:exact1d-init",
+                    "geomloss:s0.5",
+                    "ott:decay-t1e-4",
+                ],
+            ),
             ("ragged-64", ["exact:sinkmatch", "sinkmatch:default", "sinkmatch:exact1d-init"]),
-            ("gauss-d3-n512-e0.05", ["sinkmatch:default", "pot:sinkhorn_log", "geomloss:s0.9", "ott:decay-t1e-4"]),
+            (
+                "gauss-d3-n512-e0.05",
+                ["sinkmatch:default", "pot:sinkhorn_log", "geomloss:s0.9", "ott:decay-t1e-4"],
+            ),
         ]
     cases = [(f"css1d-{n}", ALL_1D) for n in (256, 1024, 1568, 4096, 16384, 65536)]
     cases.append(("cssgroups-288x1568", ALL_1D))
@@ -116,16 +226,34 @@ def plan_cases(quick: bool) -> list[tuple[str, list[str]]]:
 
 # Families where an anchor is skipped outright, with the reason.
 FAMILY_SKIPS = {
-    ("gauss", "pot:sinkhorn_log"): "N = M = 1,024: autodiff through 1,000 unrolled iterations needs ~8 GB, "
-                                   "as in css1d-1024 (out of memory there)",
-    ("gauss", "pot:epsilon_scaling"): "N = M = 1,024: out of memory in css1d-1024 (autodiff through every absorption)",
-    ("gauss", "pot:sinkhorn_stabilized"): "NaN gradients / values in every 1-D case; skipped to fit the run in ~15 min",
+    (
+        "gauss",
+        "pot:sinkhorn_log",
+    ): "N = M = 1,024: autodiff through 1,000 unrolled iterations needs ~8 GB, "
+    "as in css1d-1024 (out of memory there)",
+    (
+        "gauss",
+        "pot:epsilon_scaling",
+    ): "N = M = 1,024: out of memory in css1d-1024 (autodiff through every absorption)",
+    (
+        "gauss",
+        "pot:sinkhorn_stabilized",
+    ): "NaN gradients / values in every 1-D case; skipped to fit the run in ~15 min",
     ("ragged", "pot:sinkhorn_log"): "64 sequential problems x 1,000 unrolled iterations: > 60 s "
-                                    "(23 s for the 2 groups of cssgroups-288x1568)",
-    ("ragged", "pot:epsilon_scaling"): "64 sequential problems: > 60 s (42 s for the 2 groups of cssgroups-288x1568)",
-    ("ragged", "pot:sinkhorn_stabilized"): "NaN gradients in every 1-D case; skipped to fit the run in ~15 min",
+    "(23 s for the 2 groups of cssgroups-288x1568)",
+    (
+        "ragged",
+        "pot:epsilon_scaling",
+    ): "64 sequential problems: > 60 s (42 s for the 2 groups of cssgroups-288x1568)",
+    (
+        "ragged",
+        "pot:sinkhorn_stabilized",
+    ): "NaN gradients in every 1-D case; skipped to fit the run in ~15 min",
     ("ragged", "geomloss:s0.99"): "64 sequential problems x ~600 ε levels: > 60 s",
-    ("cssgroups", "ott:decay"): "OTT's threshold 1e-3 lands on the 1e-3 line of this check; ott:decay-t1e-4 is run",
+    (
+        "cssgroups",
+        "ott:decay",
+    ): "OTT's threshold 1e-3 lands on the 1e-3 line of this check; ott:decay-t1e-4 is run",
 }
 
 
@@ -203,8 +331,18 @@ def _median_time(step, budget_s: float, repeats: int):
     return raw, t, t_first, len(times)
 
 
-def reference_entropic(x, y, a, b, eps: float, *, init=None, tol: float = 1e-6, max_iter: int = 20000,
-                       budget_s: float = 120.0):
+def reference_entropic(
+    x,
+    y,
+    a,
+    b,
+    eps: float,
+    *,
+    init=None,
+    tol: float = 1e-6,
+    max_iter: int = 20000,
+    budget_s: float = 120.0,
+):
     """Tightly converged float64 entropic OT (dense): value and d/dx. Independent of sinkmatch.
 
     ``tol`` (L1 marginal error) 1e-6: measured, the gradient then differs by < 1e-4 (relative) from one at 1e-8,
@@ -257,7 +395,12 @@ def reference_entropic(x, y, a, b, eps: float, *, init=None, tol: float = 1e-6, 
                 err = float((al * (kern @ be) - aw).abs().sum())
                 if err < level_tol or time.perf_counter() > t_end:
                     break
-                if float(al.max()) > 1e100 or float(be.max()) > 1e100 or float(al.min()) < 1e-100 or float(be.min()) < 1e-100:
+                if (
+                    float(al.max()) > 1e100
+                    or float(be.max()) > 1e100
+                    or float(al.min()) < 1e-100
+                    or float(be.min()) < 1e-100
+                ):
                     f, g = f + e * torch.log(al / aw), g + e * torch.log(be / bw)
                     kern = torch.exp((f[:, None] + g[None, :] - c) / e)
                     al, be = aw.clone(), bw.clone()
@@ -298,9 +441,18 @@ def run_reference(spec: dict) -> dict:
             grads.append(gr)
             kinds.append("float64 entropic (converged)")
             notes.append(f"ref L1 err {err:.1e} after {it} it")
-    np.savez(spec["ref"], values=np.array(values), kinds=np.array(kinds),
-             **{f"grad{k}": g for k, g in enumerate(grads)})
-    return {"status": "ok", "prior_source": w.prior_source, "notes": "; ".join(notes), "info": w.info}
+    np.savez(
+        spec["ref"],
+        values=np.array(values),
+        kinds=np.array(kinds),
+        **{f"grad{k}": g for k, g in enumerate(grads)},
+    )
+    return {
+        "status": "ok",
+        "prior_source": w.prior_source,
+        "notes": "; ".join(notes),
+        "info": w.info,
+    }
 
 
 def run_floor(spec: dict) -> dict:
@@ -319,6 +471,7 @@ def run_floor(spec: dict) -> dict:
         kmat = torch.exp(-c / c.max())
         v = torch.rand(n, generator=gen)
         for kind in ("precomputed", "fused", "matvec"):
+
             def once(kind=kind, x=x, y=y, c=c, h=h, inv_eps=inv_eps, kmat=kmat, v=v):
                 if kind == "precomputed":
                     return torch.logsumexp(h[None, :] - c * inv_eps, dim=1)
@@ -354,15 +507,29 @@ def run_case(spec: dict) -> dict:
     try:
         raw, t, t_first, reps = _median_time(step, spec["time_limit"] * 0.6, spec["repeats"])
     except TimeoutError:
-        return {"status": "timeout", "reason": f"no result within the {spec['time_limit']:.0f} s per-case limit",
-                "peak_rss_mb": _rss_mb(), "base_rss_mb": base, "prior_source": w.prior_source}
+        return {
+            "status": "timeout",
+            "reason": f"no result within the {spec['time_limit']:.0f} s per-case limit",
+            "peak_rss_mb": _rss_mb(),
+            "base_rss_mb": base,
+            "prior_source": w.prior_source,
+        }
     finally:
         signal.alarm(0)
     peak = _rss_mb()
     solved = finish(raw)
-    out = {"status": "ok", "time_s": t, "time_first_s": t_first, "repeats": reps,
-           "peak_rss_mb": peak, "base_rss_mb": base, "n_iter": solved.n_iter,
-           "value_lib": solved.value, "notes": solved.notes, "prior_source": w.prior_source}
+    out = {
+        "status": "ok",
+        "time_s": t,
+        "time_first_s": t_first,
+        "repeats": reps,
+        "peak_rss_mb": peak,
+        "base_rss_mb": base,
+        "n_iter": solved.n_iter,
+        "value_lib": solved.value,
+        "notes": solved.notes,
+        "prior_source": w.prior_source,
+    }
     exact_total = float(np.sum(ref["values"]))
     out["cost_exact"] = exact_total
     g_all = np.concatenate([np.asarray(g, np.float64).reshape(-1) for g in solved.grads])
@@ -374,7 +541,9 @@ def run_case(spec: dict) -> dict:
         out["cost_rel_err"] = abs(solved.value - exact_total) / abs(exact_total)
         return out
     if any(d is None for d in solved.duals):
-        out["notes"] = (out["notes"] + "; " if out["notes"] else "") + "no potentials: marginal errors n/a"
+        out["notes"] = (
+            out["notes"] + "; " if out["notes"] else ""
+        ) + "no potentials: marginal errors n/a"
         out["converged"] = ""
         return out
     errs_a, errs_b, cost = [], [], 0.0
@@ -386,7 +555,9 @@ def run_case(spec: dict) -> dict:
     ea, eb = max(errs_a), max(errs_b)
     out.update(err_a=ea, err_b=eb, cost_plan=cost)
     out["converged"] = bool(math.isfinite(ea) and math.isfinite(eb) and ea < 1e-3 and eb < 1e-3)
-    out["cost_rel_err"] = abs(cost - exact_total) / abs(exact_total) if math.isfinite(cost) else float("nan")
+    out["cost_rel_err"] = (
+        abs(cost - exact_total) / abs(exact_total) if math.isfinite(cost) else float("nan")
+    )
     return out
 
 
@@ -401,7 +572,10 @@ def child_main(spec: dict) -> None:
         else:
             res = run_case(spec)
     except MemoryError as exc:
-        res = {"status": "oom", "reason": f"MemoryError under the {spec['mem_gb']:g} GB cap: {exc}"[:300]}
+        res = {
+            "status": "oom",
+            "reason": f"MemoryError under the {spec['mem_gb']:g} GB cap: {exc}"[:300],
+        }
     except RuntimeError as exc:
         msg = str(exc)
         oom = "allocate" in msg or "memory" in msg.lower() or "bad_alloc" in msg
@@ -442,8 +616,10 @@ def _spawn(spec: dict, timeout: float) -> dict:
         sig = -proc.returncode if proc.returncode < 0 else None
         joined = " | ".join(tail)
         oom = sig == 9 or "MemoryError" in joined or "bad_alloc" in joined or "allocate" in joined
-        return {"status": "oom" if oom else "crash",
-                "reason": (f"signal {sig}: " if sig else f"exit {proc.returncode}: ") + joined[-300:]}
+        return {
+            "status": "oom" if oom else "crash",
+            "reason": (f"signal {sig}: " if sig else f"exit {proc.returncode}: ") + joined[-300:],
+        }
     res = json.loads(text)
     res["wall_s"] = wall
     return res
@@ -465,17 +641,29 @@ def _floor_for(floor: dict, entries: int) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, a couple of minutes")
-    ap.add_argument("--cases", default=None, help="comma-separated workload names (overrides the plan)")
-    ap.add_argument("--adapters", default=None, help="comma-separated adapter names or regexes (filter)")
-    ap.add_argument("--out", default=None, help="CSV path (default benchmarks/results/compare_{quick,full}.csv)")
+    ap.add_argument(
+        "--cases", default=None, help="comma-separated workload names (overrides the plan)"
+    )
+    ap.add_argument(
+        "--adapters", default=None, help="comma-separated adapter names or regexes (filter)"
+    )
+    ap.add_argument(
+        "--out", default=None, help="CSV path (default benchmarks/results/compare_{quick,full}.csv)"
+    )
     ap.add_argument("--time-limit", type=float, default=60.0, help="per-case limit in seconds")
-    ap.add_argument("--big-time-limit", type=float, default=120.0, help="limit for workloads with N*M > 2^28")
+    ap.add_argument(
+        "--big-time-limit", type=float, default=120.0, help="limit for workloads with N*M > 2^28"
+    )
     ap.add_argument("--mem-gb", type=float, default=8.0, help="RLIMIT_AS of each child")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--core", type=int, default=None, help="core to pin children to (default: last allowed)")
+    ap.add_argument(
+        "--core", type=int, default=None, help="core to pin children to (default: last allowed)"
+    )
     ap.add_argument("--prior", default="auto", choices=["auto", "sinkmatch", "fallback"])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--floor-sizes", default=None, help="comma-separated N for the lse floor ('none' to skip)")
+    ap.add_argument(
+        "--floor-sizes", default=None, help="comma-separated N for the lse floor ('none' to skip)"
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
@@ -493,14 +681,44 @@ def main(argv: list[str] | None = None) -> int:
     if args.adapters:
         pats = [re.compile(p) for p in args.adapters.split(",")]
         plan = [(w, [a for a in ads if any(p.fullmatch(a) for p in pats)]) for w, ads in plan]
-    out_path = Path(args.out) if args.out else RESULTS / f"compare_{'quick' if args.quick else 'full'}.csv"
+    out_path = (
+        Path(args.out) if args.out else RESULTS / f"compare_{'quick' if args.quick else 'full'}.csv"
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    core = args.core if args.core is not None else max(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    core = (
+        args.core
+        if args.core is not None
+        else max(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else None
+    )
 
     versions = library_versions()
-    common = {"date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "cpu": cpu_model(),
-              **{k: versions.get(k, "") for k in ("python", "torch", "numpy", "ot", "geomloss", "jax", "ott", "pykeops", "sinkmatch")}}
-    base_spec = {"mem_gb": args.mem_gb, "core": core, "seed": args.seed, "prior": args.prior, "repeats": args.repeats}
+    common = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cpu": cpu_model(),
+        **{
+            k: versions.get(k, "")
+            for k in (
+                "python",
+                "torch",
+                "numpy",
+                "ot",
+                "geomloss",
+                "jax",
+                "ott",
+                "pykeops",
+                "sinkmatch",
+            )
+        },
+    }
+    base_spec = {
+        "mem_gb": args.mem_gb,
+        "core": core,
+        "seed": args.seed,
+        "prior": args.prior,
+        "repeats": args.repeats,
+    }
     rows: list[dict] = []
     t_start = time.perf_counter()
 
@@ -515,28 +733,67 @@ def main(argv: list[str] | None = None) -> int:
             wr.writerows(rows)
         el = time.perf_counter() - t_start
         tm = f"{float(full['time_s']):.4g}s" if full["time_s"] not in ("", None) else "-"
-        print(f"[{el:6.0f}s] {full['workload']:<24} {full['adapter']:<26} {full['status']:<8} {tm:>10} "
-              f"it={full['n_iter']!s:<6} err=({_fmt(full['err_a'])},{_fmt(full['err_b'])}) "
-              f"grad={_fmt(full['grad_rel_err'])} {str(full['reason'])[:80]}", flush=True)
+        print(
+            f"[{el:6.0f}s] {full['workload']:<24} {full['adapter']:<26} {full['status']:<8} {tm:>10} "
+            f"it={full['n_iter']!s:<6} err=({_fmt(full['err_a'])},{_fmt(full['err_b'])}) "
+            f"grad={_fmt(full['grad_rel_err'])} {str(full['reason'])[:80]}",
+            flush=True,
+        )
 
     # 1. the floor
-    floor_sizes = [int(s) for s in args.floor_sizes.split(",")] if args.floor_sizes not in (None, "none") else ([256, 1024] if args.quick else [256, 1024, 4096])
+    floor_sizes = (
+        [int(s) for s in args.floor_sizes.split(",")]
+        if args.floor_sizes not in (None, "none")
+        else ([256, 1024] if args.quick else [256, 1024, 4096])
+    )
     if args.floor_sizes == "none":
         floor_sizes = []
-    fres = _spawn(dict(base_spec, kind="floor", sizes=floor_sizes), timeout=300) if floor_sizes else {"status": "skipped"}
+    fres = (
+        _spawn(dict(base_spec, kind="floor", sizes=floor_sizes), timeout=300)
+        if floor_sizes
+        else {"status": "skipped"}
+    )
     floor = fres.get("floor", {})
     for key, val in floor.items():
         kind, n = key.split(":")
-        emit({"workload": f"floor-{n}", "family": "floor", "n": n, "m": n, "d": 1, "adapter": f"floor:lse-{kind}",
-              "library": "torch",
-              "variant": (f"K @ v, {n}x{n} float32 kernel, one core" if kind == "matvec" else
-                          f"torch.logsumexp over a {n}x{n} float32 matrix ({kind} cost), one core"),
-              "status": fres.get("status"), "time_s": val["time_s"], "entries_per_s": val["entries_per_s"]})
+        emit(
+            {
+                "workload": f"floor-{n}",
+                "family": "floor",
+                "n": n,
+                "m": n,
+                "d": 1,
+                "adapter": f"floor:lse-{kind}",
+                "library": "torch",
+                "variant": (
+                    f"K @ v, {n}x{n} float32 kernel, one core"
+                    if kind == "matvec"
+                    else f"torch.logsumexp over a {n}x{n} float32 matrix ({kind} cost), one core"
+                ),
+                "status": fres.get("status"),
+                "time_s": val["time_s"],
+                "entries_per_s": val["entries_per_s"],
+            }
+        )
     if not floor:
-        emit({"workload": "floor", "family": "floor", "adapter": "floor:lse", "status": fres.get("status"),
-              "reason": fres.get("reason", "")})
-    emit({"workload": "-", "adapter": "keops", "library": "keops", "status": "unavailable" if keops_status() != "ok" else "ok",
-          "reason": keops_status()})
+        emit(
+            {
+                "workload": "floor",
+                "family": "floor",
+                "adapter": "floor:lse",
+                "status": fres.get("status"),
+                "reason": fres.get("reason", ""),
+            }
+        )
+    emit(
+        {
+            "workload": "-",
+            "adapter": "keops",
+            "library": "keops",
+            "status": "unavailable" if keops_status() != "ok" else "ok",
+            "reason": keops_status(),
+        }
+    )
 
     tmpdir = Path(tempfile.mkdtemp(prefix="sinkmatch-compare-"))
     for wname, adapters in plan:
@@ -549,11 +806,29 @@ def main(argv: list[str] | None = None) -> int:
         big = w.entries > 2**28
         limit = args.big_time_limit if big else args.time_limit
         ref = str(tmpdir / f"{wname}.npz")
-        rres = _spawn(dict(base_spec, kind="reference", workload=wname, ref=ref, data=data), timeout=600)
-        wrow = {"workload": wname, "family": w.family, "mode": w.mode, "n": w.n_total, "m": w.m_total, "d": w.d,
-                "problems": len(w.problems), "eps": w.eps, "prior_source": w.prior_source}
+        rres = _spawn(
+            dict(base_spec, kind="reference", workload=wname, ref=ref, data=data), timeout=600
+        )
+        wrow = {
+            "workload": wname,
+            "family": w.family,
+            "mode": w.mode,
+            "n": w.n_total,
+            "m": w.m_total,
+            "d": w.d,
+            "problems": len(w.problems),
+            "eps": w.eps,
+            "prior_source": w.prior_source,
+        }
         if rres.get("status") != "ok":
-            emit(dict(wrow, adapter="reference", status=rres.get("status"), reason=rres.get("reason", "")))
+            emit(
+                dict(
+                    wrow,
+                    adapter="reference",
+                    status=rres.get("status"),
+                    reason=rres.get("reason", ""),
+                )
+            )
             continue
         for name in adapters:
             ad = ADAPTERS[name]
@@ -562,13 +837,23 @@ def main(argv: list[str] | None = None) -> int:
             if reason:
                 emit(dict(row, status="skipped", reason=reason))
                 continue
-            spec = dict(base_spec, kind="case", workload=wname, adapter=name, ref=ref, time_limit=limit, data=data)
+            spec = dict(
+                base_spec,
+                kind="case",
+                workload=wname,
+                adapter=name,
+                ref=ref,
+                time_limit=limit,
+                data=data,
+            )
             res = _spawn(spec, timeout=limit + 60 + (120 if big else 0))
             if res.get("status") == "error" and ("No module named" in res.get("reason", "")):
                 res["status"] = "unavailable"
             row.update({k: v for k, v in res.items() if k in FIELDS and k not in ("workload",)})
             if rres.get("notes"):
-                row["notes"] = "; ".join(t for t in (row.get("notes", ""), "reference: " + rres["notes"]) if t)
+                row["notes"] = "; ".join(
+                    t for t in (row.get("notes", ""), "reference: " + rres["notes"]) if t
+                )
             if res.get("status") == "ok" and res.get("n_iter"):
                 fl = _floor_for(floor, max(p.n * p.m for p in w.problems))
                 tpi = float(res["time_s"]) / float(res["n_iter"])

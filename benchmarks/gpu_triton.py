@@ -62,9 +62,30 @@ from sinkmatch.costs import get_cost
 from sinkmatch.sinkhorn import sinkhorn
 
 FIELDS = [
-    "timestamp", "kind", "method", "cost", "batch", "n", "m", "d", "dtype", "iters", "eps",
-    "status", "median_ms", "min_ms", "reps", "peak_mem_mb", "parity_rel_err", "note",
-    "device", "torch", "triton", "pot", "geomloss", "python",
+    "timestamp",
+    "kind",
+    "method",
+    "cost",
+    "batch",
+    "n",
+    "m",
+    "d",
+    "dtype",
+    "iters",
+    "eps",
+    "status",
+    "median_ms",
+    "min_ms",
+    "reps",
+    "peak_mem_mb",
+    "parity_rel_err",
+    "note",
+    "device",
+    "torch",
+    "triton",
+    "pot",
+    "geomloss",
+    "python",
 ]
 
 
@@ -87,8 +108,11 @@ class Bench:
         self.meta = {
             "device": f"{device.type}: {name or platform.machine()}"
             + (" (Triton interpreter, times meaningless)" if args.smoke else ""),
-            "torch": torch.__version__, "triton": _version("triton"), "pot": _version("ot"),
-            "geomloss": _version("geomloss"), "python": platform.python_version(),
+            "torch": torch.__version__,
+            "triton": _version("triton"),
+            "pot": _version("ot"),
+            "geomloss": _version("geomloss"),
+            "python": platform.python_version(),
         }
         self.skip_from: dict[tuple, str] = {}  # (kind, method, d) -> reason
 
@@ -104,8 +128,22 @@ class Bench:
         full.update(self.meta, timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         full.update(row)
         self.rows.append(full)
-        shown = {k: full[k] for k in ("kind", "method", "cost", "batch", "n", "d", "status",
-                                      "median_ms", "parity_rel_err", "note") if full[k] != ""}
+        shown = {
+            k: full[k]
+            for k in (
+                "kind",
+                "method",
+                "cost",
+                "batch",
+                "n",
+                "d",
+                "status",
+                "median_ms",
+                "parity_rel_err",
+                "note",
+            )
+            if full[k] != ""
+        }
         print(shown, flush=True)
 
     def time_case(self, fn, key: tuple, **row) -> None:
@@ -125,7 +163,10 @@ class Bench:
             first = time.perf_counter() - t0
             times = []
             case_start = time.perf_counter()
-            while len(times) < self.args.reps and time.perf_counter() - case_start < self.args.case_budget:
+            while (
+                len(times) < self.args.reps
+                and time.perf_counter() - case_start < self.args.case_budget
+            ):
                 t0 = time.perf_counter()
                 fn()
                 self.sync()
@@ -138,11 +179,20 @@ class Bench:
         except Exception as err:  # recorded in the CSV; the benchmark goes on
             self.record(status="error", note=f"{type(err).__name__}: {err}"[:300], **row)
             return
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else ""
+        peak = (
+            torch.cuda.max_memory_allocated(self.device) / 2**20
+            if self.device.type == "cuda"
+            else ""
+        )
         best = min(times) if times else first
-        self.record(status="ok", median_ms=f"{1e3 * statistics.median(times or [first]):.3f}",
-                    min_ms=f"{1e3 * best:.3f}", reps=len(times), peak_mem_mb=peak and f"{peak:.1f}",
-                    **row)
+        self.record(
+            status="ok",
+            median_ms=f"{1e3 * statistics.median(times or [first]):.3f}",
+            min_ms=f"{1e3 * best:.3f}",
+            reps=len(times),
+            peak_mem_mb=peak and f"{peak:.1f}",
+            **row,
+        )
         # The next size is 10x: quadratic work -> 100x the time (not in smoke mode, whose
         # interpreter times say nothing about the GPU).
         predicted = best * 100
@@ -183,7 +233,7 @@ def parity(bench: Bench, triton_backend: TritonSoftmin) -> dict[str, float]:
         cost = get_cost(cost_name)
         x, y = _points(2, n, 3, bench.device, gen), _points(2, n + 7, 3, bench.device, gen)
         h = torch.randn(2, n + 7, generator=gen).to(bench.device)
-        h[1, n // 2:] = -math.inf
+        h[1, n // 2 :] = -math.inf
         w = torch.randn(2, n, generator=gen).to(bench.device)
         results = []
         for backend in (triton_backend, OnlineSoftmin()):
@@ -199,10 +249,19 @@ def parity(bench: Bench, triton_backend: TritonSoftmin) -> dict[str, float]:
                 errs.append(float((got[ok] - ref[ok]).abs().max() / scale))
         worst[cost_name] = max(errs)
         status = "ok" if worst[cost_name] < 1e-4 else "parity-failed"
-        bench.record(kind="parity", method="triton-vs-online", cost=cost_name, batch=2, n=n,
-                     m=n + 7, d=3, dtype="float32", status=status,
-                     parity_rel_err=f"{worst[cost_name]:.3e}",
-                     note="max relative error of out, grad x, grad y, grad h")
+        bench.record(
+            kind="parity",
+            method="triton-vs-online",
+            cost=cost_name,
+            batch=2,
+            n=n,
+            m=n + 7,
+            d=3,
+            dtype="float32",
+            status=status,
+            parity_rel_err=f"{worst[cost_name]:.3e}",
+            note="max relative error of out, grad x, grad y, grad h",
+        )
     return worst
 
 
@@ -221,8 +280,17 @@ def softmin_cases(bench: Bench, backends: dict, sizes: list[int], dims: list[int
             h = torch.zeros(1, n, device=bench.device)
             w = torch.ones(1, n, device=bench.device)
             for name, backend in backends.items():
-                row = {"kind": "softmin", "method": name, "cost": cost.name, "batch": 1, "n": n,
-                       "m": n, "d": d, "dtype": "float32", "eps": eps}
+                row = {
+                    "kind": "softmin",
+                    "method": name,
+                    "cost": cost.name,
+                    "batch": 1,
+                    "n": n,
+                    "m": n,
+                    "d": d,
+                    "dtype": "float32",
+                    "eps": eps,
+                }
                 if name == "dense" and not _dense_fits(bench, n * n):
                     bench.record(status="skipped", note="cost matrix does not fit", **row)
                     continue
@@ -239,11 +307,24 @@ def _loss_methods(bench: Bench, triton_backend: TritonSoftmin):
     """name -> (callable(x, y, a, b) -> scalar loss, dense?)"""
     args = bench.args
     methods = {}
-    for label, backend in (("sinkmatch-triton", triton_backend), ("sinkmatch-dense", "dense"),
-                           ("sinkmatch-online", "online")):
+    for label, backend in (
+        ("sinkmatch-triton", triton_backend),
+        ("sinkmatch-dense", "dense"),
+        ("sinkmatch-online", "online"),
+    ):
+
         def run(x, y, a, b, backend=backend):
-            res = sinkhorn(x, y, a, b, eps=args.eps, backend=backend, eps_scaling=None,
-                           fixed_iterations=True, max_iter=args.iters)
+            res = sinkhorn(
+                x,
+                y,
+                a,
+                b,
+                eps=args.eps,
+                backend=backend,
+                eps_scaling=None,
+                fixed_iterations=True,
+                max_iter=args.iters,
+            )
             return res.value.sum()
 
         methods[label] = (run, label == "sinkmatch-dense")
@@ -255,9 +336,15 @@ def _loss_methods(bench: Bench, triton_backend: TritonSoftmin):
             for k in range(x.shape[0]):  # POT solves one problem per call
                 keep_a, keep_b = a[k] > 0, b[k] > 0
                 cost = ot.dist(x[k][keep_a], y[k][keep_b])  # squared Euclidean, not halved
-                total = total + ot.sinkhorn2(a[k][keep_a], b[k][keep_b], cost, args.eps,
-                                             method="sinkhorn_log", numItermax=args.iters,
-                                             stopThr=0.0)
+                total = total + ot.sinkhorn2(
+                    a[k][keep_a],
+                    b[k][keep_b],
+                    cost,
+                    args.eps,
+                    method="sinkhorn_log",
+                    numItermax=args.iters,
+                    stopThr=0.0,
+                )
             return total
 
         methods["pot-sinkhorn_log"] = (run_pot, True)
@@ -271,8 +358,15 @@ def _loss_methods(bench: Bench, triton_backend: TritonSoftmin):
             blur = math.sqrt(args.eps / 2)
             diameter = math.sqrt(x.shape[-1])  # points in the unit cube
             scaling = min(0.99, (blur / diameter) ** (1.0 / args.iters))
-            loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=False,
-                               diameter=diameter, backend="tensorized")
+            loss = SamplesLoss(
+                "sinkhorn",
+                p=2,
+                blur=blur,
+                scaling=scaling,
+                debias=False,
+                diameter=diameter,
+                backend="tensorized",
+            )
             return loss(a, x, b, y).sum()
 
         methods["geomloss-tensorized"] = (run_geomloss, True)
@@ -289,9 +383,18 @@ def loss_cases(bench: Bench, triton_backend, sizes: list[int], dims: list[int]) 
             x, y = _points(1, n, d, bench.device, gen), _points(1, n, d, bench.device, gen)
             a = torch.full((1, n), 1.0 / n, device=bench.device)
             for name, (run, dense) in methods.items():
-                row = {"kind": "loss", "method": name, "cost": "sqeuclidean", "batch": 1, "n": n,
-                       "m": n, "d": d, "dtype": "float32", "iters": bench.args.iters,
-                       "eps": bench.args.eps}
+                row = {
+                    "kind": "loss",
+                    "method": name,
+                    "cost": "sqeuclidean",
+                    "batch": 1,
+                    "n": n,
+                    "m": n,
+                    "d": d,
+                    "dtype": "float32",
+                    "iters": bench.args.iters,
+                    "eps": bench.args.eps,
+                }
                 if name.startswith("geomloss"):
                     row["note"] = "eps-scaling schedule of about iters steps"
                 if dense and not _dense_fits(bench, n * n):
@@ -315,7 +418,10 @@ def ragged_cases(bench: Bench, triton_backend: TritonSoftmin) -> None:
     ar = torch.arange(hi)
     a = (ar[None] < n_sizes[:, None]).float()
     b = (ar[None] < m_sizes[:, None]).float()
-    a, b = (a / a.sum(1, keepdim=True)).to(bench.device), (b / b.sum(1, keepdim=True)).to(bench.device)
+    a, b = (
+        (a / a.sum(1, keepdim=True)).to(bench.device),
+        (b / b.sum(1, keepdim=True)).to(bench.device),
+    )
     h = torch.where(b > 0, 0.0, -math.inf)
     w = torch.ones(batch, hi, device=bench.device)
     real = int((n_sizes * m_sizes).sum())
@@ -323,8 +429,12 @@ def ragged_cases(bench: Bench, triton_backend: TritonSoftmin) -> None:
     cost = get_cost("sqeuclidean")
     eps = bench.args.eps
     n_valid = n_sizes.to(bench.device)
-    for name, kwargs in (("triton masks only", {}), ("triton n_valid+m_valid", {"n_valid": n_valid}),
-                         ("dense", None), ("online", None)):
+    for name, kwargs in (
+        ("triton masks only", {}),
+        ("triton n_valid+m_valid", {"n_valid": n_valid}),
+        ("dense", None),
+        ("online", None),
+    ):
         backend = {"dense": DenseSoftmin(), "online": OnlineSoftmin()}.get(name, triton_backend)
 
         def fn(backend=backend, kwargs=kwargs):
@@ -332,26 +442,57 @@ def ragged_cases(bench: Bench, triton_backend: TritonSoftmin) -> None:
             out = backend.softmin(eps, xx, yy, hh, cost, **(kwargs or {}))
             torch.autograd.grad(out, (xx, yy, hh), grad_outputs=w)
 
-        bench.time_case(fn, ("ragged-softmin", name), kind="ragged-softmin", method=name,
-                        cost=cost.name, batch=batch, n=hi, m=hi, d=d, dtype="float32", eps=eps,
-                        note=note)
+        bench.time_case(
+            fn,
+            ("ragged-softmin", name),
+            kind="ragged-softmin",
+            method=name,
+            cost=cost.name,
+            batch=batch,
+            n=hi,
+            m=hi,
+            d=d,
+            dtype="float32",
+            eps=eps,
+            note=note,
+        )
     for name, (run, _) in _loss_methods(bench, triton_backend).items():
+
         def fn(run=run):
             xx = x.detach().requires_grad_(True)
             torch.autograd.grad(run(xx, y, a, b), (xx,))
 
-        bench.time_case(fn, ("ragged-loss", name), kind="ragged-loss", method=name,
-                        cost="sqeuclidean", batch=batch, n=hi, m=hi, d=d, dtype="float32",
-                        iters=bench.args.iters, eps=eps, note=note)
+        bench.time_case(
+            fn,
+            ("ragged-loss", name),
+            kind="ragged-loss",
+            method=name,
+            cost="sqeuclidean",
+            batch=batch,
+            n=hi,
+            m=hi,
+            d=d,
+            dtype="float32",
+            iters=bench.args.iters,
+            eps=eps,
+            note=note,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true",
-                        help="CPU, TRITON_INTERPRET=1, toy sizes: checks that the script runs")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CPU, TRITON_INTERPRET=1, toy sizes: checks that the script runs",
+    )
     parser.add_argument("--out", type=Path, default=None, help="CSV path")
-    parser.add_argument("--budget", type=float, default=240.0,
-                        help="seconds after which no new case starts (default 240)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=240.0,
+        help="seconds after which no new case starts (default 240)",
+    )
     parser.add_argument("--case-budget", type=float, default=12.0, help="seconds per case")
     parser.add_argument("--reps", type=int, default=5, help="timed runs per case")
     parser.add_argument("--iters", type=int, default=20, help="Sinkhorn iterations (loss rows)")
@@ -373,17 +514,26 @@ def main(argv: list[str] | None = None) -> int:
             print("no CUDA device: run with --smoke for the CPU interpreter check", file=sys.stderr)
             return 2
         device = torch.device("cuda")
-        sizes, loss_sizes, dims = [1_000, 10_000, 100_000, 1_000_000], [1_000, 10_000, 100_000], [1, 3, 64]
+        sizes, loss_sizes, dims = (
+            [1_000, 10_000, 100_000, 1_000_000],
+            [1_000, 10_000, 100_000],
+            [1, 3, 64],
+        )
         out = args.out or here / "gpu_triton.csv"
-        triton_backend = TritonSoftmin(block_n=args.block_n, block_m=args.block_m,
-                                       num_warps=args.num_warps)
+        triton_backend = TritonSoftmin(
+            block_n=args.block_n, block_m=args.block_m, num_warps=args.num_warps
+        )
     torch.manual_seed(0)
     bench = Bench(args, device)
     try:
         parity(bench, triton_backend)
         ragged_cases(bench, triton_backend)
-        softmin_cases(bench, {"triton": triton_backend, "dense": DenseSoftmin(),
-                              "online": OnlineSoftmin()}, sizes, dims)
+        softmin_cases(
+            bench,
+            {"triton": triton_backend, "dense": DenseSoftmin(), "online": OnlineSoftmin()},
+            sizes,
+            dims,
+        )
         loss_cases(bench, triton_backend, loss_sizes, dims)
     finally:
         bench.write(out)

@@ -90,10 +90,21 @@ def main(argv=None) -> int:
         for tau in (float(t) for t in args.taus.split(",")):
             width = band_widths(xs, ys, f0.double(), g0.double(), CSS_EPS, tau)
             nnz = int(width.sum())
-            rows.append({"n": n, "eps": CSS_EPS, "tau": tau, "nnz": nnz, "dense": n * n,
-                         "kept_fraction": nnz / (n * n), "max_speedup": n * n / nnz,
-                         "mean_row_width": float(width.double().mean()), "max_row_width": int(width.max()),
-                         "potentials_s": t_pot, "prior_source": w.prior_source})
+            rows.append(
+                {
+                    "n": n,
+                    "eps": CSS_EPS,
+                    "tau": tau,
+                    "nnz": nnz,
+                    "dense": n * n,
+                    "kept_fraction": nnz / (n * n),
+                    "max_speedup": n * n / nnz,
+                    "mean_row_width": float(width.double().mean()),
+                    "max_row_width": int(width.max()),
+                    "potentials_s": t_pot,
+                    "prior_source": w.prior_source,
+                }
+            )
             print(rows[-1], flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,9 @@ def prior_samples(n: int, *, seed: int, prior: PriorSource = "auto") -> tuple[np
     return _fallback_prior(n, np.random.default_rng(seed)), "fallback"
 
 
-def css_pair(n: int, m: int, *, seed: int, prior: PriorSource = "auto") -> tuple[np.ndarray, np.ndarray, str]:
+def css_pair(
+    n: int, m: int, *, seed: int, prior: PriorSource = "auto"
+) -> tuple[np.ndarray, np.ndarray, str]:
     """The CSS-CCNN pair: predictions ``x`` (n,) and prior samples ``y`` (m,), float32."""
     y, src = prior_samples(m, seed=2 * seed + 1, prior=prior)
     x_base, _ = prior_samples(n, seed=2 * seed + 2, prior=src)
@@ -211,7 +213,12 @@ def css1d(n: int, m: int | None = None, *, seed: int = 0, prior: PriorSource = "
 
 
 def css_groups(
-    n: int = 288, m: int = 1568, *, quantile: float = 0.3, seed: int = 0, prior: PriorSource = "auto"
+    n: int = 288,
+    m: int = 1568,
+    *,
+    quantile: float = 0.3,
+    seed: int = 0,
+    prior: PriorSource = "auto",
 ) -> Workload:
     """CSS-CCNN++: two percentile groups (sparse / dense) of an (n, m) CSS problem."""
     x, y, src = css_pair(n, m, seed=seed, prior=prior)
@@ -241,7 +248,9 @@ def ragged(
     return Workload(f"ragged-{num}", "ragged", "batch", CSS_EPS, problems, seed, src, info)
 
 
-def gaussian_clouds(n: int, d: int, *, eps_rel: float, m: int | None = None, seed: int = 0) -> Workload:
+def gaussian_clouds(
+    n: int, d: int, *, eps_rel: float, m: int | None = None, seed: int = 0
+) -> Workload:
     """Two anisotropic Gaussian clouds in ``d`` dimensions, eps = eps_rel x median cost."""
     m = n if m is None else m
     rng = np.random.default_rng(seed + 1000 * d + n)
@@ -255,7 +264,9 @@ def gaussian_clouds(n: int, d: int, *, eps_rel: float, m: int | None = None, see
     eps = eps_rel * med
     name = f"gauss-d{d}-n{n}-e{eps_rel:g}" if n == m else f"gauss-d{d}-n{n}x{m}-e{eps_rel:g}"
     info = {"median_cost": med, "eps_rel": eps_rel, "max_cost_over_eps": float(c.max()) / eps}
-    return Workload(name, "gauss", "single", eps, [Problem(x, y, _uniform(n), _uniform(m))], seed, "none", info)
+    return Workload(
+        name, "gauss", "single", eps, [Problem(x, y, _uniform(n), _uniform(m))], seed, "none", info
+    )
 
 
 def _max_cost_1d(x: np.ndarray, y: np.ndarray) -> float:
@@ -303,7 +314,9 @@ def make_workload(name: str, *, seed: int = 0, prior: PriorSource = "auto") -> W
 # ----------------------------------------------------------------------------------------------
 
 
-def exact_1d(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
+def exact_1d(
+    x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> tuple[float, np.ndarray]:
     """Exact W2^2 on the line and its gradient with respect to ``x``, float64.
 
     The monotone (north-west corner) coupling of the sorted points is optimal. Tied ``x`` values
@@ -352,8 +365,16 @@ def save_workload(w: Workload, path) -> None:
     arrays = {}
     for k, p in enumerate(w.problems):
         arrays.update({f"x{k}": p.x, f"y{k}": p.y, f"a{k}": p.a, f"b{k}": p.b})
-    meta = {"name": w.name, "family": w.family, "mode": w.mode, "eps": w.eps, "seed": w.seed,
-            "prior_source": w.prior_source, "info": w.info, "count": len(w.problems)}
+    meta = {
+        "name": w.name,
+        "family": w.family,
+        "mode": w.mode,
+        "eps": w.eps,
+        "seed": w.seed,
+        "prior_source": w.prior_source,
+        "info": w.info,
+        "count": len(w.problems),
+    }
     np.savez(path, meta=np.array(json.dumps(meta, default=float)), **arrays)
 
 
@@ -363,6 +384,16 @@ def load_workload(path) -> Workload:
 
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
-        problems = [Problem(z[f"x{k}"], z[f"y{k}"], z[f"a{k}"], z[f"b{k}"]) for k in range(meta["count"])]
-    return Workload(meta["name"], meta["family"], meta["mode"], meta["eps"], problems, meta["seed"],
-                    meta["prior_source"], meta["info"])
+        problems = [
+            Problem(z[f"x{k}"], z[f"y{k}"], z[f"a{k}"], z[f"b{k}"]) for k in range(meta["count"])
+        ]
+    return Workload(
+        meta["name"],
+        meta["family"],
+        meta["mode"],
+        meta["eps"],
+        problems,
+        meta["seed"],
+        meta["prior_source"],
+        meta["info"],
+    )

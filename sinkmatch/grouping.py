@@ -121,7 +121,9 @@ def _check_ids(groups: object, n: int, num_groups: int | None) -> tuple[Tensor, 
     if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
         raise TypeError(f"groups must have an integer dtype, got dtype={groups.dtype}")
     if groups.shape != (n,):
-        raise ValueError(f"groups must have shape ({n},) like the values, got {tuple(groups.shape)}")
+        raise ValueError(
+            f"groups must have shape ({n},) like the values, got {tuple(groups.shape)}"
+        )
     ids = groups.long()
     if n and int(ids.min()) < 0:
         raise ValueError(f"groups must be >= 0, got min {int(ids.min())}")
@@ -186,14 +188,18 @@ def pack_groups(
         x = _as_point_rows(values, "values")
         ids, num_groups = _check_ids(groups, x.shape[0], num_groups)
         if weights is not None and not isinstance(weights, Tensor):
-            raise TypeError(f"weights must be a Tensor in the id form, got {type(weights).__name__}")
+            raise TypeError(
+                f"weights must be a Tensor in the id form, got {type(weights).__name__}"
+            )
         w = weights
         local_index = torch.arange(x.shape[0], device=x.device)
     else:
         if groups is not None or num_groups is not None:
             raise ValueError("groups= and num_groups= belong to the id form (values a Tensor)")
         if not isinstance(values, Sequence) or len(values) == 0:
-            raise ValueError(f"values must be a Tensor or a non-empty list of Tensors, got {values!r}")
+            raise ValueError(
+                f"values must be a Tensor or a non-empty list of Tensors, got {values!r}"
+            )
         rows = [_as_point_rows(v, f"values[{k}]") for k, v in enumerate(values)]
         dims = {r.shape[1] for r in rows}
         if len(dims) > 1:
@@ -367,7 +373,11 @@ def percentile_split(
         raise ValueError(f"target must have shape (M,) with M >= 1, got {tuple(target.shape)}")
     if isinstance(q, bool) or not isinstance(q, Real) or not 0.0 < float(q) < 1.0:
         raise ValueError(f"q must be a float in the open interval (0, 1), got {q!r}")
-    if isinstance(min_group_size, bool) or not isinstance(min_group_size, int) or min_group_size < 1:
+    if (
+        isinstance(min_group_size, bool)
+        or not isinstance(min_group_size, int)
+        or min_group_size < 1
+    ):
         raise ValueError(f"min_group_size must be an int >= 1, got {min_group_size!r}")
     if ties not in _TIES:
         raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")

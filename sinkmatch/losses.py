@@ -159,7 +159,14 @@ class SinkhornLoss(nn.Module):
         self, x: Tensor, y: Tensor, a: Tensor | None = None, b: Tensor | None = None
     ) -> Tensor:
         return sinkhorn_loss(
-            x, y, a, b, eps=self.eps, value=self.value, reduction=self.reduction, **self.solver_kwargs
+            x,
+            y,
+            a,
+            b,
+            eps=self.eps,
+            value=self.value,
+            reduction=self.reduction,
+            **self.solver_kwargs,
         )
 
     def extra_repr(self) -> str:
@@ -249,7 +256,9 @@ def grouped_sinkhorn_loss(
         if x_groups is None or y_groups is None:
             raise ValueError("the tensor form needs x_groups= and y_groups= (one id per point)")
         if num_groups is None:
-            largest = [int(g.max()) for g in (x_groups, y_groups) if isinstance(g, Tensor) and g.numel()]
+            largest = [
+                int(g.max()) for g in (x_groups, y_groups) if isinstance(g, Tensor) and g.numel()
+            ]
             num_groups = max(largest, default=-1) + 1
         px = pack_groups(xs, a, groups=x_groups, num_groups=num_groups)
         py = pack_groups(ys, b, groups=y_groups, num_groups=num_groups)
@@ -322,8 +331,17 @@ class GroupedSinkhornLoss(nn.Module):
         num_groups: int | None = None,
     ) -> Tensor:
         return grouped_sinkhorn_loss(
-            xs, ys, a=a, b=b, x_groups=x_groups, y_groups=y_groups, num_groups=num_groups,
-            eps=self.eps, value=self.value, reduction=self.reduction, **self.solver_kwargs,
+            xs,
+            ys,
+            a=a,
+            b=b,
+            x_groups=x_groups,
+            y_groups=y_groups,
+            num_groups=num_groups,
+            eps=self.eps,
+            value=self.value,
+            reduction=self.reduction,
+            **self.solver_kwargs,
         )
 
     def extra_repr(self) -> str:
@@ -345,8 +363,10 @@ def _target_size(n: int, num_samples: object, samples_per_prediction: object) ->
         return num_samples
     if samples_per_prediction is not None:
         ratio = samples_per_prediction
-        if isinstance(ratio, bool) or not isinstance(ratio, Real) or not (
-            math.isfinite(float(ratio)) and float(ratio) > 0
+        if (
+            isinstance(ratio, bool)
+            or not isinstance(ratio, Real)
+            or not (math.isfinite(float(ratio)) and float(ratio) > 0)
         ):
             raise ValueError(f"samples_per_prediction must be a float > 0, got {ratio!r}")
         return max(1, round(float(ratio) * n))
@@ -476,15 +496,26 @@ def distribution_matching_loss(
         loss = sinkhorn_loss(flat, target, **solver_kwargs)
     else:
         split = percentile_split(
-            flat, score, target, q=split_q, min_group_size=min_group_size, ties=ties,
-            mode=split_mode, generator=generator,
+            flat,
+            score,
+            target,
+            q=split_q,
+            min_group_size=min_group_size,
+            ties=ties,
+            mode=split_mode,
+            generator=generator,
         )
         if split.fallback:
             loss = sinkhorn_loss(flat, target, **solver_kwargs)
         else:
             loss = grouped_sinkhorn_loss(
-                flat, target, x_groups=split.pred_groups, y_groups=split.target_groups,
-                num_groups=2, reduction="sum", **solver_kwargs,
+                flat,
+                target,
+                x_groups=split.pred_groups,
+                y_groups=split.target_groups,
+                num_groups=2,
+                reduction="sum",
+                **solver_kwargs,
             )
     return loss * float(scale)
 
@@ -559,17 +590,26 @@ class DistributionMatchingLoss(nn.Module):
         if score is None and self.split_q is not None:
             raise ValueError("this loss was built with split_q (CSS-CCNN++): pass score=")
         return distribution_matching_loss(
-            pred, self.prior, num_samples=self.num_samples,
-            samples_per_prediction=self.samples_per_prediction, score=score,
+            pred,
+            self.prior,
+            num_samples=self.num_samples,
+            samples_per_prediction=self.samples_per_prediction,
+            score=score,
             split_q=self.split_q if score is not None else None,
-            min_group_size=self.min_group_size, ties=self.ties, split_mode=self.split_mode,
-            scale=self.scale, generator=self.generator if generator is None else generator,
-            eps=self.eps, value=self.value, **self.solver_kwargs,
+            min_group_size=self.min_group_size,
+            ties=self.ties,
+            split_mode=self.split_mode,
+            scale=self.scale,
+            generator=self.generator if generator is None else generator,
+            eps=self.eps,
+            value=self.value,
+            **self.solver_kwargs,
         )
 
     def extra_repr(self) -> str:
         size = (
-            f"num_samples={self.num_samples}" if self.num_samples is not None
+            f"num_samples={self.num_samples}"
+            if self.num_samples is not None
             else f"samples_per_prediction={self.samples_per_prediction}"
         )
         return (

@@ -193,7 +193,10 @@ class _Problem:
         self.lengths_x = self.lengths_y = None
         if getattr(backend, "supports_valid_lengths", False):
             self.lengths_x = {"n_valid": _valid_length(a), "m_valid": _valid_length(b)}
-            self.lengths_y = {"n_valid": self.lengths_x["m_valid"], "m_valid": self.lengths_x["n_valid"]}
+            self.lengths_y = {
+                "n_valid": self.lengths_x["m_valid"],
+                "m_valid": self.lengths_x["n_valid"],
+            }
 
     def precompute(self, *, kernel: bool) -> None:
         """Cache the cost matrix for the loop when the backend is dense.

@@ -189,7 +189,9 @@ def test_batched_mv_loop_and_trailing_padding():
     v = torch.rand(3, 180, generator=g, dtype=torch.float64)
     ref = torch.bmm(k, v[..., None])[..., 0]
     torch.testing.assert_close(batched_mv(k, v), ref)
-    torch.testing.assert_close(batched_mv(k.transpose(1, 2), ref), torch.bmm(k.transpose(1, 2), ref[..., None])[..., 0])
+    torch.testing.assert_close(
+        batched_mv(k.transpose(1, 2), ref), torch.bmm(k.transpose(1, 2), ref[..., None])[..., 0]
+    )
     rows, cols = [200, 50, 120], [180, 180, 30]
     out = batched_mv(k, v, lengths=(rows, cols), fill=-1.0)
     for i in range(3):
@@ -217,7 +219,10 @@ def test_solver_passes_valid_lengths_only_to_backends_that_declare_them():
             return out
 
     g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(2, 7, 2, generator=g, dtype=torch.float64), torch.randn(2, 5, 2, generator=g, dtype=torch.float64)
+    x, y = (
+        torch.randn(2, 7, 2, generator=g, dtype=torch.float64),
+        torch.randn(2, 5, 2, generator=g, dtype=torch.float64),
+    )
     a, b = torch.ones(2, 7, dtype=torch.float64), torch.ones(2, 5, dtype=torch.float64)
     a[0, 4:] = 0.0
     b[1, 3:] = 0.0

@@ -35,7 +35,9 @@ def test_exact_1d_reference_matches_sorting_and_averages_ties():
     expect[np.argsort(x)] = 2 / 50 * (np.sort(x) - np.sort(y))
     np.testing.assert_allclose(grad, expect, atol=1e-14)
     # two tied points coupled to 1 and 3 both move towards the average, 2
-    value, grad = exact_1d(np.array([0.0, 0.0]), np.array([1.0, 3.0]), np.full(2, 0.5), np.full(2, 0.5))
+    value, grad = exact_1d(
+        np.array([0.0, 0.0]), np.array([1.0, 3.0]), np.full(2, 0.5), np.full(2, 0.5)
+    )
     assert value == pytest.approx(5.0)
     np.testing.assert_allclose(grad, [-2.0, -2.0])
 
@@ -57,8 +59,24 @@ def test_workload_names_round_trip(tmp_path):
 def test_compare_smallest_case_end_to_end(tmp_path):
     out = tmp_path / "cmp.csv"
     adapters = "exact:sinkmatch,sinkmatch:default" + (",pot:sinkhorn" if HAS_POT else "")
-    rc = compare.main(["--cases", "css1d-48", "--adapters", adapters, "--out", str(out),
-                       "--floor-sizes", "none", "--time-limit", "60", "--repeats", "1", "--mem-gb", "4"])
+    rc = compare.main(
+        [
+            "--cases",
+            "css1d-48",
+            "--adapters",
+            adapters,
+            "--out",
+            str(out),
+            "--floor-sizes",
+            "none",
+            "--time-limit",
+            "60",
+            "--repeats",
+            "1",
+            "--mem-gb",
+            "4",
+        ]
+    )
     assert rc == 0
     with out.open() as fh:
         rows = {r["adapter"]: r for r in csv.DictReader(fh)}
@@ -74,8 +92,15 @@ def test_compare_smallest_case_end_to_end(tmp_path):
         assert rows["pot:sinkhorn"]["status"] in ("ok", "oom", "error", "timeout")
     # the plot script turns the CSV into tables between markers, leaving the prose alone
     doc = tmp_path / "bench.md"
-    doc.write_text("# Bench\n\nprose stays\n\n<!-- BEGIN GENERATED: bars -->\nold\n<!-- END GENERATED: bars -->\n")
-    assert plot_results.main(["--csv", str(out), "--doc", str(doc), "--figures", str(tmp_path / "fig")]) == 0
+    doc.write_text(
+        "# Bench\n\nprose stays\n\n<!-- BEGIN GENERATED: bars -->\nold\n<!-- END GENERATED: bars -->\n"
+    )
+    assert (
+        plot_results.main(
+            ["--csv", str(out), "--doc", str(doc), "--figures", str(tmp_path / "fig")]
+        )
+        == 0
+    )
     text = doc.read_text()
     assert "prose stays" in text and "old" not in text
     assert "| sinkmatch:default | ok |" in text

@@ -118,7 +118,9 @@ def test_properties_symmetry_translation(seed, shift, p):
     moved = wasserstein_1d(_t(x + shift), _t(y + shift), _t(a), _t(b), p=p)
     assert abs(float(w - moved)) < 1e-9 * (1 + abs(shift)) ** p
     # a pure translation of one measure costs |shift|^p
-    assert abs(float(wasserstein_1d(_t(x), _t(x + shift), _t(a), _t(a), p=p)) - abs(shift) ** p) < 1e-9
+    assert (
+        abs(float(wasserstein_1d(_t(x), _t(x + shift), _t(a), _t(a), p=p)) - abs(shift) ** p) < 1e-9
+    )
 
 
 # ---------------------------------------------------------------- potentials

@@ -92,13 +92,29 @@ def test_list_and_id_forms_agree(sizes, dim):
         (lambda: pack_groups([]), ValueError, "non-empty list"),
         (lambda: pack_groups([torch.zeros(2, 1), torch.zeros(2, 2)]), ValueError, "dimension"),
         (lambda: pack_groups([torch.zeros(2)], groups=torch.zeros(2)), ValueError, "id form"),
-        (lambda: pack_groups(torch.zeros(3), groups=torch.tensor([0.0, 1.0, 0.0])), TypeError, "integer"),
+        (
+            lambda: pack_groups(torch.zeros(3), groups=torch.tensor([0.0, 1.0, 0.0])),
+            TypeError,
+            "integer",
+        ),
         (lambda: pack_groups(torch.zeros(3), groups=torch.tensor([0, 1])), ValueError, "shape"),
         (lambda: pack_groups(torch.zeros(3), groups=torch.tensor([0, -1, 0])), ValueError, ">= 0"),
-        (lambda: pack_groups(torch.zeros(3), groups=torch.tensor([0, 3, 0]), num_groups=2), ValueError, "< num_groups"),
-        (lambda: pack_groups(torch.tensor([0.0, math.nan]), groups=torch.tensor([0, 0])), ValueError, "finite"),
+        (
+            lambda: pack_groups(torch.zeros(3), groups=torch.tensor([0, 3, 0]), num_groups=2),
+            ValueError,
+            "< num_groups",
+        ),
+        (
+            lambda: pack_groups(torch.tensor([0.0, math.nan]), groups=torch.tensor([0, 0])),
+            ValueError,
+            "finite",
+        ),
         (lambda: pack_groups([torch.zeros(2)], [torch.ones(3)]), ValueError, "weights"),
-        (lambda: pack_groups([torch.zeros(2)], [torch.tensor([1.0, -1.0])]), ValueError, "nonnegative"),
+        (
+            lambda: pack_groups([torch.zeros(2)], [torch.tensor([1.0, -1.0])]),
+            ValueError,
+            "nonnegative",
+        ),
         (lambda: pack_groups([torch.zeros(2, 2, 2)]), ValueError, "shape"),
         (lambda: pack_groups([torch.zeros(2, dtype=torch.long)]), TypeError, "floating"),
     ],
@@ -199,7 +215,9 @@ def test_split_properties(n, m, q, zeros):
     assert int(split.target_sparse.sum()) == math.floor(q * m + 0.5)
     if 0 < k < n:
         assert score[split.pred_sparse].max() <= score[split.pred_dense].min()
-    assert split.fallback == (min(k, n - k, int(split.target_sparse.sum()), m - int(split.target_sparse.sum())) < 1)
+    assert split.fallback == (
+        min(k, n - k, int(split.target_sparse.sum()), m - int(split.target_sparse.sum())) < 1
+    )
 
 
 @pytest.mark.parametrize(

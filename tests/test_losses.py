@@ -60,8 +60,13 @@ def test_sinkhorn_loss_transport_matches_pot():
     cost = ((x[:, None] - y[None]) ** 2).sum(-1)
     ref = ot.sinkhorn2(a, b, cost, reg=0.5, stopThr=1e-12, numItermax=10000)
     got = sinkhorn_loss(
-        torch.tensor(x), torch.tensor(y), torch.tensor(a), torch.tensor(b), eps=0.5,
-        value="transport", **TIGHT,
+        torch.tensor(x),
+        torch.tensor(y),
+        torch.tensor(a),
+        torch.tensor(b),
+        eps=0.5,
+        value="transport",
+        **TIGHT,
     )
     assert abs(float(got) - float(ref)) < 1e-8
 
@@ -74,7 +79,9 @@ def test_sinkhorn_loss_reductions_and_module(value):
     per = sinkhorn(x, y, eps=0.2, value=value, **TIGHT).value
     none = sinkhorn_loss(x, y, eps=0.2, value=value, reduction="none", **TIGHT)
     assert none.shape == (3,) and torch.allclose(none, per, atol=1e-12)
-    assert torch.allclose(sinkhorn_loss(x, y, eps=0.2, value=value, reduction="sum", **TIGHT), per.sum())
+    assert torch.allclose(
+        sinkhorn_loss(x, y, eps=0.2, value=value, reduction="sum", **TIGHT), per.sum()
+    )
     mod = SinkhornLoss(eps=0.2, value=value, **TIGHT)
     assert torch.allclose(mod(x, y), per.mean(), atol=1e-12)
     assert "eps=0.2" in repr(mod)
@@ -101,7 +108,10 @@ def test_grouped_equals_loop_values_and_gradients(value):
     tight = {"tol": 1e-12, "max_iter": 5000}
     grouped = grouped_sinkhorn_loss(xs, ys, b=bs, eps=0.3, value=value, reduction="none", **tight)
     loop = torch.stack(
-        [sinkhorn(x, y, None, bk, eps=0.3, value=value, **tight).value for x, y, bk in zip(xs, ys, bs)]
+        [
+            sinkhorn(x, y, None, bk, eps=0.3, value=value, **tight).value
+            for x, y, bk in zip(xs, ys, bs)
+        ]
     )
     assert grouped.shape == (4,)
     assert torch.allclose(grouped, loop, atol=1e-9, rtol=0)
@@ -125,7 +135,9 @@ def test_grouped_id_form_equals_list_form_and_reductions():
     iy = torch.repeat_interleave(torch.arange(3), torch.tensor([3, 6, 2]))
     # shuffle the flat inputs: ids, not order, define the groups
     px, py = torch.randperm(11), torch.randperm(11)
-    by_ids = grouped_sinkhorn_loss(x[px], y[py], x_groups=ix[px], y_groups=iy[py], eps=0.3, reduction="none", **TIGHT)
+    by_ids = grouped_sinkhorn_loss(
+        x[px], y[py], x_groups=ix[px], y_groups=iy[py], eps=0.3, reduction="none", **TIGHT
+    )
     by_list = grouped_sinkhorn_loss(xs, ys, eps=0.3, reduction="none", **TIGHT)
     assert torch.allclose(by_ids, by_list, atol=1e-10)
     total = grouped_sinkhorn_loss(xs, ys, eps=0.3, **TIGHT)
@@ -181,14 +193,20 @@ def test_grouped_equals_loop_property(sizes, seed):
     xs, ys = _groups(seed, [n for n, _ in sizes], [m for _, m in sizes])
     vals = grouped_sinkhorn_loss(xs, ys, eps=0.5, reduction="none", **TIGHT)
     for k, (x, y) in enumerate(zip(xs, ys)):
-        ref = sinkhorn(x, y, eps=0.5, **TIGHT).value if len(x) and len(y) else torch.zeros((), dtype=F64)
+        ref = (
+            sinkhorn(x, y, eps=0.5, **TIGHT).value
+            if len(x) and len(y)
+            else torch.zeros((), dtype=F64)
+        )
         assert abs((vals[k] - ref).item()) < 1e-9
 
 
 def test_all_groups_empty_gives_zero_with_a_graph():
     x = torch.randn(3, dtype=F64, requires_grad=True)
     y = torch.randn(2, dtype=F64)
-    loss = grouped_sinkhorn_loss(x, y, x_groups=torch.tensor([0, 0, 0]), y_groups=torch.tensor([1, 1]))
+    loss = grouped_sinkhorn_loss(
+        x, y, x_groups=torch.tensor([0, 0, 0]), y_groups=torch.tensor([1, 1])
+    )
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(x.grad, torch.zeros(3, dtype=F64))
@@ -206,19 +224,49 @@ def test_zero_weight_group_counts_as_empty():
     ("call", "error", "match"),
     [
         (lambda: grouped_sinkhorn_loss([torch.zeros(2)], torch.zeros(2)), TypeError, "both"),
-        (lambda: grouped_sinkhorn_loss([torch.zeros(2)], [torch.zeros(2), torch.zeros(1)]), ValueError, "same length"),
+        (
+            lambda: grouped_sinkhorn_loss([torch.zeros(2)], [torch.zeros(2), torch.zeros(1)]),
+            ValueError,
+            "same length",
+        ),
         (lambda: grouped_sinkhorn_loss(torch.zeros(2), torch.zeros(2)), ValueError, "x_groups"),
-        (lambda: grouped_sinkhorn_loss([torch.zeros(2)], [torch.zeros(2)], x_groups=torch.zeros(2)), ValueError, "tensor form"),
-        (lambda: grouped_sinkhorn_loss([torch.zeros(2, 2)], [torch.zeros(2, 3)]), ValueError, "dimension"),
-        (lambda: grouped_sinkhorn_loss([torch.zeros(2)], [torch.zeros(2)], reduction="avg"), ValueError, "reduction"),
-        (lambda: grouped_sinkhorn_loss([torch.zeros(2)], [torch.zeros(2)], value="cost"), ValueError, "value"),
-        (lambda: sinkhorn_loss(torch.zeros(2), torch.zeros(2), reduction="max"), ValueError, "reduction"),
+        (
+            lambda: grouped_sinkhorn_loss(
+                [torch.zeros(2)], [torch.zeros(2)], x_groups=torch.zeros(2)
+            ),
+            ValueError,
+            "tensor form",
+        ),
+        (
+            lambda: grouped_sinkhorn_loss([torch.zeros(2, 2)], [torch.zeros(2, 3)]),
+            ValueError,
+            "dimension",
+        ),
+        (
+            lambda: grouped_sinkhorn_loss([torch.zeros(2)], [torch.zeros(2)], reduction="avg"),
+            ValueError,
+            "reduction",
+        ),
+        (
+            lambda: grouped_sinkhorn_loss([torch.zeros(2)], [torch.zeros(2)], value="cost"),
+            ValueError,
+            "value",
+        ),
+        (
+            lambda: sinkhorn_loss(torch.zeros(2), torch.zeros(2), reduction="max"),
+            ValueError,
+            "reduction",
+        ),
         (lambda: sinkhorn_loss(torch.zeros(2), torch.zeros(2), value="plan"), ValueError, "value"),
         (lambda: sinkhorn_loss(torch.zeros(2), torch.tensor([math.nan])), ValueError, "finite"),
         (lambda: SinkhornLoss(reduction="avg"), ValueError, "reduction"),
         (lambda: GroupedSinkhornLoss(value="x"), ValueError, "value"),
         (lambda: Wasserstein1DLoss(reduction="avg"), ValueError, "reduction"),
-        (lambda: wasserstein_1d_loss(torch.zeros(2), torch.zeros(2), reduction="avg"), ValueError, "reduction"),
+        (
+            lambda: wasserstein_1d_loss(torch.zeros(2), torch.zeros(2), reduction="avg"),
+            ValueError,
+            "reduction",
+        ),
     ],
 )
 def test_bad_loss_input(call, error, match):
@@ -234,7 +282,9 @@ def test_distribution_matching_reproducible_with_generator_and_sizes():
     pred = torch.rand(2, 1, 3, 3, dtype=F64) * 4  # flattened: 18 cells
 
     def run(seed, **kw):
-        return distribution_matching_loss(pred, prior, generator=torch.Generator().manual_seed(seed), **kw)
+        return distribution_matching_loss(
+            pred, prior, generator=torch.Generator().manual_seed(seed), **kw
+        )
 
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
@@ -277,11 +327,13 @@ def test_plus_plus_equals_sum_of_separate_group_losses():
     dense = sinkhorn(pred[split.pred_dense], target[split.target_dense], eps=1.0, **TIGHT).value
     expected = 0.01 * (sparse + dense)
     assert torch.allclose(loss, expected, atol=1e-12, rtol=1e-10)
-    g_loss, = torch.autograd.grad(loss, pred)
-    g_ref, = torch.autograd.grad(expected, pred)
+    (g_loss,) = torch.autograd.grad(loss, pred)
+    (g_ref,) = torch.autograd.grad(expected, pred)
     assert torch.allclose(g_loss, g_ref, atol=1e-12)
     # the grouped loss is not the plain one
-    plain = distribution_matching_loss(pred, prior, generator=torch.Generator().manual_seed(3), **kw)
+    plain = distribution_matching_loss(
+        pred, prior, generator=torch.Generator().manual_seed(3), **kw
+    )
     assert abs((plain - loss).item()) > 1e-6
 
 
@@ -289,18 +341,30 @@ def test_plus_plus_falls_back_to_plain_loss_for_tiny_groups():
     prior = ExpPrior()
     pred, score = torch.rand(6, dtype=F64), torch.rand(6, dtype=F64)  # round(0.3 * 6) = 2 sparse
     kw = {"generator": None, "eps": 0.3}
-    plus = distribution_matching_loss(pred, prior, score=score, split_q=0.3, **{**kw, "generator": torch.Generator().manual_seed(0)})
-    plain = distribution_matching_loss(pred, prior, **{**kw, "generator": torch.Generator().manual_seed(0)})
+    plus = distribution_matching_loss(
+        pred,
+        prior,
+        score=score,
+        split_q=0.3,
+        **{**kw, "generator": torch.Generator().manual_seed(0)},
+    )
+    plain = distribution_matching_loss(
+        pred, prior, **{**kw, "generator": torch.Generator().manual_seed(0)}
+    )
     assert torch.equal(plus, plain)
 
 
 def test_module_draws_fresh_samples_and_matches_function():
     prior = ExpPrior()
     pred = torch.rand(12, dtype=F64) * 3
-    loss = DistributionMatchingLoss(prior, num_samples=20, eps=0.3, generator=torch.Generator().manual_seed(4))
+    loss = DistributionMatchingLoss(
+        prior, num_samples=20, eps=0.3, generator=torch.Generator().manual_seed(4)
+    )
     first, second = loss(pred), loss(pred)
     assert not torch.equal(first, second)  # a new sample each call
-    ref = distribution_matching_loss(pred, prior, num_samples=20, eps=0.3, generator=torch.Generator().manual_seed(4))
+    ref = distribution_matching_loss(
+        pred, prior, num_samples=20, eps=0.3, generator=torch.Generator().manual_seed(4)
+    )
     assert torch.equal(first, ref)
     plus = DistributionMatchingLoss(prior, split_q=0.3, eps=0.3)
     with pytest.raises(ValueError, match="score="):
@@ -375,6 +439,8 @@ def test_wasserstein_1d_loss_reductions_and_module():
     assert torch.allclose(wasserstein_1d_loss(x, y, p=1, reduction="sum"), per.sum())
     assert torch.allclose(Wasserstein1DLoss(p=1)(x, y), per.mean())
     # entropic OT approaches the exact value as eps -> 0 (transport value >= exact)
-    ent = sinkhorn_loss(x[..., None], y[..., None], eps=1e-3, value="transport", reduction="none", **TIGHT)
+    ent = sinkhorn_loss(
+        x[..., None], y[..., None], eps=1e-3, value="transport", reduction="none", **TIGHT
+    )
     exact = wasserstein_1d(x, y)
     assert torch.all(ent >= exact - 1e-9) and torch.allclose(ent, exact, atol=2e-2)

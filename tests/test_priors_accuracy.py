@@ -19,7 +19,9 @@ def _mp_cdf(alpha: float, lam: float, c: float, x_min: float = 1.0) -> object:
     """1 - Gamma(1-a, lam c) / Gamma(1-a, lam x_min) at 40 digits (the lam^(a-1) factors cancel)."""
     with mpmath.workdps(40):
         a = 1 - mpmath.mpf(alpha)
-        return 1 - mpmath.gammainc(a, lam * mpmath.mpf(c)) / mpmath.gammainc(a, lam * mpmath.mpf(x_min))
+        return 1 - mpmath.gammainc(a, lam * mpmath.mpf(c)) / mpmath.gammainc(
+            a, lam * mpmath.mpf(x_min)
+        )
 
 
 def _max_cdf_error(alphas, lams, cs) -> float:
@@ -52,6 +54,7 @@ def test_cdf_matches_quadrature_of_density():
     """A second, independent reference: mpmath.quad of the unnormalized density."""
     for alpha, lam in [(0.6, 0.05), (2.0, 0.028), (2.9, 0.0003)]:
         with mpmath.workdps(30):
+
             def dens(u, alpha=alpha, lam=lam):
                 return u ** (-alpha) * mpmath.exp(-lam * u)
 
@@ -61,7 +64,9 @@ def test_cdf_matches_quadrature_of_density():
                 assert abs(float(ref) - TruncatedPowerLaw(alpha, lam).cdf(c)) < 1e-12
 
 
-@pytest.mark.parametrize("a", [-2.0, -1.5, -1.0, -1.0 + 1e-11, -0.5, -1e-10, 0.0, 0.3, 0.5, 0.8, 1.5, -4.3])
+@pytest.mark.parametrize(
+    "a", [-2.0, -1.5, -1.0, -1.0 + 1e-11, -0.5, -1e-10, 0.0, 0.3, 0.5, 0.8, 1.5, -4.3]
+)
 def test_scaled_incomplete_gamma_relative_accuracy(a):
     zs = np.array([1e-8, 1e-4, 0.01, 0.5, 1.0, 1.999, 2.0, 2.6, 5.0, 30.0, 1e3, 1e5])
     got = scaled_gammaincc(a, zs)

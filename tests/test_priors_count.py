@@ -51,7 +51,9 @@ def test_legacy_values_match_original_algorithm_run_with_mpmath(cf_max, s, lam, 
     def cdf(x, alpha, lam_):
         return 1 - mpmath.gammainc(1 - alpha, lam_ * x) / lam_ ** (1 - alpha)
 
-    ref_lam = next(v for v in np.arange(0.001, 0.1, 0.001) if cdf(cf_max / 64, 2.0, v) > 1 - 1.0 / s)
+    ref_lam = next(
+        v for v in np.arange(0.001, 0.1, 0.001) if cdf(cf_max / 64, 2.0, v) > 1 - 1.0 / s
+    )
     ref_t = next(v for v in np.arange(1.00001, 10, 0.01) if cdf(v, 2.0, ref_lam) > 0.28)
     assert legacy_lambda(cf_max, s) == float(ref_lam)
     assert legacy_threshold(2.0, float(ref_lam)) == float(ref_t)
@@ -66,7 +68,9 @@ def test_solve_lambda_exact_values(cf_max, s, _lam, _t, exact):
     c_max = cf_max / 64
     assert TruncatedPowerLaw(2.0, got).cdf(c_max) == pytest.approx(1 - 1 / s, abs=1e-13)
     # the facts file's 0.030 / 0.023 / 0.007 are the first 0.001-grid points above the exact root
-    assert math.ceil(got * 1000) / 1000 == pytest.approx({3000: 0.030, 3500: 0.023, 12000: 0.007}[cf_max])
+    assert math.ceil(got * 1000) / 1000 == pytest.approx(
+        {3000: 0.030, 3500: 0.023, 12000: 0.007}[cf_max]
+    )
 
 
 @settings(max_examples=30, deadline=None)
@@ -122,7 +126,9 @@ def test_head_redistribution_mixture_formulas():
     base = TruncatedPowerLaw(2.0, 0.03)
     h = HeadRedistributed(base, head_mass=0.3)
     t = h.threshold
-    assert base.cdf(t) == pytest.approx(0.3, abs=1e-13) and h.head_weight == pytest.approx(0.3, abs=1e-13)
+    assert base.cdf(t) == pytest.approx(0.3, abs=1e-13) and h.head_weight == pytest.approx(
+        0.3, abs=1e-13
+    )
     assert h.cdf(0.0) == 0.0 and h.cdf(-1.0) == 0.0 and h.cdf(math.inf) == 1.0
     assert h.cdf(t / 4) == pytest.approx(0.3 / 4, abs=1e-14)
     assert h.cdf(t) == pytest.approx(base.cdf(t), abs=1e-15)
@@ -134,7 +140,10 @@ def test_head_redistribution_mixture_formulas():
     assert h.ppf(0.15) == pytest.approx(t / 2, rel=1e-13)
     from scipy.integrate import quad
 
-    ref = quad(lambda c: c * h.pdf(c), 0, t)[0] + quad(lambda c: c * h.pdf(c), t, math.inf, limit=400)[0]
+    ref = (
+        quad(lambda c: c * h.pdf(c), 0, t)[0]
+        + quad(lambda c: c * h.pdf(c), t, math.inf, limit=400)[0]
+    )
     assert h.mean() == pytest.approx(ref, rel=1e-7)
 
 
@@ -146,7 +155,10 @@ def test_head_redistribution_explicit_threshold_and_generic_base():
     assert stats.kstest(x, h.cdf).pvalue > 1e-3
     from scipy.integrate import quad
 
-    ref = quad(lambda c: c * h.pdf(c), 0, 1.0)[0] + quad(lambda c: c * h.pdf(c), 1.0, math.inf, limit=400)[0]
+    ref = (
+        quad(lambda c: c * h.pdf(c), 0, 1.0)[0]
+        + quad(lambda c: c * h.pdf(c), 1.0, math.inf, limit=400)[0]
+    )
     assert h.mean() == pytest.approx(ref, rel=1e-7)
 
 

@@ -32,7 +32,9 @@ powerlaw = pytest.importorskip("powerlaw")
 
 
 def _data(prior, n=4000, seed=0):
-    return prior.sample(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+    return prior.sample(
+        n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    ).numpy()
 
 
 def _pl_fit(data, x_min):
@@ -60,7 +62,9 @@ def test_truncated_power_law_fit_matches_powerlaw(tpl_data):
     assert isinstance(ours, FitResult) and ours.converged and ours.n == 5000
     assert ours.params["alpha"] == pytest.approx(ref.alpha, rel=1e-3)
     assert ours.params["lam"] == pytest.approx(ref.Lambda, rel=1e-3)
-    pl_at_ours = _pl_loglik(powerlaw.Truncated_Power_Law, [ours.params["alpha"], ours.params["lam"]], tpl_data, 1.0)
+    pl_at_ours = _pl_loglik(
+        powerlaw.Truncated_Power_Law, [ours.params["alpha"], ours.params["lam"]], tpl_data, 1.0
+    )
     assert ours.loglik == pytest.approx(pl_at_ours, rel=1e-9)
     pl_best = float(np.sum(ref.loglikelihoods(tpl_data)))
     assert ours.loglik >= pl_best - 1e-6 * abs(pl_best)
@@ -94,7 +98,9 @@ def test_exponential_fit_matches_powerlaw():
     ref = _pl_fit(data, 1.0).exponential
     assert ours.params["lam"] == pytest.approx(ref.Lambda, rel=1e-3)
     assert ours.params["lam"] == pytest.approx(1 / np.mean(data - 1.0), rel=1e-14)
-    assert ours.loglik == pytest.approx(_pl_loglik(powerlaw.Exponential, [ours.params["lam"]], data, 1.0), rel=1e-9)
+    assert ours.loglik == pytest.approx(
+        _pl_loglik(powerlaw.Exponential, [ours.params["lam"]], data, 1.0), rel=1e-9
+    )
     assert ours.loglik >= float(np.sum(ref.loglikelihoods(data))) - 1e-9
 
 
@@ -127,7 +133,9 @@ def test_compare_fits_matches_powerlaw(tpl_data):
         ours = compare_fits(tpl_data, fits["truncated_power_law"], fits[other])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r_ref, p_ref = ref.distribution_compare("truncated_power_law", other, normalized_ratio=True)
+            r_ref, p_ref = ref.distribution_compare(
+                "truncated_power_law", other, normalized_ratio=True
+            )
         # R depends on the fitted parameters, so it inherits the rel 1e-3 parameter agreement
         assert ours.normalized_R == pytest.approx(r_ref, rel=1e-3, abs=1e-3)
         assert ours.p_value == pytest.approx(p_ref, rel=1e-2, abs=1e-12)

@@ -14,11 +14,20 @@ from scipy import stats
 from sinkmatch.priors import Pareto, Prior, TruncatedPowerLaw
 
 KS_GRID = [
-    (0.5, 1e-4), (0.5, 0.01), (0.5, 1.0),
-    (1.0, 1e-4), (1.0, 0.05),
-    (1.5, 1e-3), (2.0, 1e-4), (2.0, 0.028), (2.0, 1.0),
-    (2.5, 0.3), (3.0, 1e-4), (3.0, 1.0),
-    (1.8, 0.0), (3.0, 0.0),
+    (0.5, 1e-4),
+    (0.5, 0.01),
+    (0.5, 1.0),
+    (1.0, 1e-4),
+    (1.0, 0.05),
+    (1.5, 1e-3),
+    (2.0, 1e-4),
+    (2.0, 0.028),
+    (2.0, 1.0),
+    (2.5, 0.3),
+    (3.0, 1e-4),
+    (3.0, 1.0),
+    (1.8, 0.0),
+    (3.0, 0.0),
 ]
 
 
@@ -158,7 +167,11 @@ def test_ppf_rejects_out_of_range_probability():
 
 @pytest.mark.parametrize(
     "alpha,lam",
-    [(0.5, 1e-4), pytest.param(2.0, 0.028, marks=pytest.mark.slow), pytest.param(3.0, 1.0, marks=pytest.mark.slow)],
+    [
+        (0.5, 1e-4),
+        pytest.param(2.0, 0.028, marks=pytest.mark.slow),
+        pytest.param(3.0, 1.0, marks=pytest.mark.slow),
+    ],
 )
 def test_sampler_large_n_ks(alpha, lam):
     """10^6 draws: sensitive to biases of order 1e-3 in the CDF (e.g. a piece-choice bias)."""
@@ -167,7 +180,9 @@ def test_sampler_large_n_ks(alpha, lam):
     assert stats.kstest(x, p.cdf).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("alpha,lam", [(0.5, 1e-4), (1.0, 0.05), (2.0, 0.03), (3.0, 1.0), (0.7, 40.0)])
+@pytest.mark.parametrize(
+    "alpha,lam", [(0.5, 1e-4), (1.0, 0.05), (2.0, 0.03), (3.0, 1.0), (0.7, 40.0)]
+)
 def test_sampler_tables_reproduce_exact_piece_masses(alpha, lam):
     """The alias table encodes the exact masses of the pieces (from the exact survival function)."""
     p = TruncatedPowerLaw(alpha, lam)

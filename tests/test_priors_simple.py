@@ -26,9 +26,23 @@ from sinkmatch.priors import (
 from sinkmatch.priors.simple import Exponential
 
 EXPORTS = [
-    "Prior", "TruncatedPowerLaw", "Pareto", "LogNormal", "Uniform", "Empirical", "HeadRedistributed",
-    "CountPrior", "solve_lambda", "legacy_lambda", "legacy_threshold", "FitResult",
-    "fit_truncated_power_law", "fit_power_law", "fit_lognormal", "fit_exponential", "compare_fits",
+    "Prior",
+    "TruncatedPowerLaw",
+    "Pareto",
+    "LogNormal",
+    "Uniform",
+    "Empirical",
+    "HeadRedistributed",
+    "CountPrior",
+    "solve_lambda",
+    "legacy_lambda",
+    "legacy_threshold",
+    "FitResult",
+    "fit_truncated_power_law",
+    "fit_power_law",
+    "fit_lognormal",
+    "fit_exponential",
+    "compare_fits",
 ]
 
 
@@ -179,7 +193,11 @@ def test_empirical_jitter_is_a_gaussian_kde():
 
 
 @settings(max_examples=30, deadline=None)
-@given(mu=st.floats(-2, 3), sigma=st.floats(0.1, 2.5), cs=st.lists(st.floats(1e-3, 1e3), min_size=2, max_size=10))
+@given(
+    mu=st.floats(-2, 3),
+    sigma=st.floats(0.1, 2.5),
+    cs=st.lists(st.floats(1e-3, 1e3), min_size=2, max_size=10),
+)
 def test_lognormal_cdf_monotone_and_ppf_inverse(mu, sigma, cs):
     p = LogNormal(mu, sigma)
     c = np.sort(np.array(cs))
@@ -200,6 +218,8 @@ def test_sampling_on_cuda_with_cuda_generator():
         g = torch.Generator(device="cuda").manual_seed(0)
         assert torch.equal(x, prior.sample(10_000, generator=g))
         # CPU generator, CUDA output: same numbers as on the CPU
-        y = prior.sample(100, generator=torch.Generator().manual_seed(1), device="cuda", dtype=torch.float64)
+        y = prior.sample(
+            100, generator=torch.Generator().manual_seed(1), device="cuda", dtype=torch.float64
+        )
         z = prior.sample(100, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         assert y.device.type == "cuda" and torch.equal(y.cpu(), z)

@@ -60,8 +60,13 @@ def _problem(b, n, m, d, dtype=torch.float64, seed=0):
 
 def _assert_close(actual, expected, tol, what):
     rtol, atol = tol
-    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), rtol=rtol,
-                               atol=atol, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        actual.double().cpu(),
+        expected.double().cpu(),
+        rtol=rtol,
+        atol=atol,
+        msg=lambda m: f"{what}: {m}",
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -104,7 +109,9 @@ def test_ragged_batch_equals_loop_over_problems(cost):
     n_valid = torch.tensor([s[0] for s in sizes])
     out = triton_softmin(0.3, x, y, h, cost, n_valid=n_valid, **BLOCKS)
     for k, (nk, mk) in enumerate(sizes):
-        alone = softmin_reference(0.3, x[k:k + 1, :nk], y[k:k + 1, :mk], h[k:k + 1, :mk], cost)
+        alone = softmin_reference(
+            0.3, x[k : k + 1, :nk], y[k : k + 1, :mk], h[k : k + 1, :mk], cost
+        )
         _assert_close(out[k, :nk], alone[0], TOL[torch.float64][0], f"problem {k}")
         assert torch.all(out[k, nk:] == 0)
 
@@ -113,8 +120,9 @@ def test_explicit_m_valid_skips_tail_and_default_detects_it():
     x, y, h = _problem(2, 9, 30, 3, seed=4)
     h[0, 11:] = -INF
     out_auto = triton_softmin(0.5, x, y, h, "sqeuclidean", **BLOCKS)
-    out_given = triton_softmin(0.5, x, y, h, "sqeuclidean", m_valid=torch.tensor([11, 30]),
-                               **BLOCKS)
+    out_given = triton_softmin(
+        0.5, x, y, h, "sqeuclidean", m_valid=torch.tensor([11, 30]), **BLOCKS
+    )
     ref = softmin_reference(0.5, x, y, h, "sqeuclidean")
     _assert_close(out_auto, ref, TOL[torch.float64][0], "auto m_valid")
     _assert_close(out_given, ref, TOL[torch.float64][0], "given m_valid")
@@ -222,8 +230,13 @@ def test_gradients_low_precision_inputs(dtype):
     x, y, h = _problem(2, 14, 20, 3, dtype, seed=11)
     w = torch.ones(2, 14, dtype=torch.float32)
     got = _grads(lambda a, b, c: triton_softmin(0.2, a, b, c, "sqeuclidean", **BLOCKS), x, y, h, w)
-    ref = _grads(lambda a, b, c: softmin_reference(0.2, a.double(), b.double(), c.double(),
-                                                   "sqeuclidean"), x, y, h, w.double())
+    ref = _grads(
+        lambda a, b, c: softmin_reference(0.2, a.double(), b.double(), c.double(), "sqeuclidean"),
+        x,
+        y,
+        h,
+        w.double(),
+    )
     for name, g, r, t in zip("xyh", got, ref, (x, y, h)):
         assert g.dtype == t.dtype
         # The gradient is cast back to the input dtype: allow that rounding on top of fp32.
@@ -235,8 +248,9 @@ def test_sqeuclidean_x_gradient_is_barycentric_map():
     """grad_x = 2 w (x - T(x)) with T(x_i) = sum_j pi_ij y_j: the row kernel's barycentric map."""
     x, y, h = _problem(1, 11, 25, 3, seed=12)
     w = torch.rand(1, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    (gx, _, _) = _grads(lambda a, b, c: triton_softmin(0.7, a, b, c, "sqeuclidean", **BLOCKS),
-                        x, y, h, w)
+    (gx, _, _) = _grads(
+        lambda a, b, c: triton_softmin(0.7, a, b, c, "sqeuclidean", **BLOCKS), x, y, h, w
+    )
     sq = ((x[:, :, None] - y[:, None]) ** 2).sum(-1)
     plan = torch.softmax(h[:, None, :] - sq / 0.7, dim=-1)
     barycenter = plan @ y
@@ -367,13 +381,24 @@ def test_solver_with_triton_backend_matches_dense_and_online(cost):
     backends = {"dense": "dense", "online": "online", "triton": TritonSoftmin(**BLOCKS)}
     for label, backend in backends.items():
         xx, yy = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
-        res = sinkhorn(xx, yy, a, b, eps=0.1, cost=cost, backend=backend, eps_start=1.0,
-                       fixed_iterations=True, max_iter=8)
+        res = sinkhorn(
+            xx,
+            yy,
+            a,
+            b,
+            eps=0.1,
+            cost=cost,
+            backend=backend,
+            eps_start=1.0,
+            fixed_iterations=True,
+            max_iter=8,
+        )
         gx, gy = torch.autograd.grad(res.value.sum(), (xx, yy))
         results[label] = (res.value, res.f, res.g, gx, gy)
     for label in ("dense", "online"):
-        for what, got, ref in zip(("value", "f", "g", "grad x", "grad y"), results["triton"],
-                                  results[label]):
+        for what, got, ref in zip(
+            ("value", "f", "g", "grad x", "grad y"), results["triton"], results[label]
+        ):
             finite = torch.isfinite(ref)
             assert torch.equal(finite, torch.isfinite(got)), what
             _assert_close(got[finite], ref[finite], (1e-10, 1e-10), f"{what} vs {label}")
@@ -385,12 +410,13 @@ def test_solver_backend_name_triton_resolves_to_kernel():
     from sinkmatch.costs import get_cost
 
     x, y, a, b = _solver_case(1)
-    assert isinstance(get_backend("triton", x=x, y=y, cost=get_cost("sqeuclidean")),
-                      TritonSoftmin)
-    got = sinkhorn(x, y, a, b, eps=0.2, backend="triton", eps_scaling=None,
-                   fixed_iterations=True, max_iter=3)
-    ref = sinkhorn(x, y, a, b, eps=0.2, backend="dense", eps_scaling=None,
-                   fixed_iterations=True, max_iter=3)
+    assert isinstance(get_backend("triton", x=x, y=y, cost=get_cost("sqeuclidean")), TritonSoftmin)
+    got = sinkhorn(
+        x, y, a, b, eps=0.2, backend="triton", eps_scaling=None, fixed_iterations=True, max_iter=3
+    )
+    ref = sinkhorn(
+        x, y, a, b, eps=0.2, backend="dense", eps_scaling=None, fixed_iterations=True, max_iter=3
+    )
     _assert_close(got.value, ref.value, (1e-10, 1e-10), "value")
 
 
@@ -422,10 +448,19 @@ def test_kernels_compile_for_sm90(monkeypatch, tmp_path, d, dtype):
     acc = "fp64" if dtype == "fp64" else "fp32"
     dp = 1 << (d - 1).bit_length()
     block = 32 if dp >= 16 else 64  # the backward's block rule (tl.dot path)
-    consts = {"D": d, "DP": dp, "EUCLID": True, "ACC": getattr(tl, acc.replace("fp", "float")),
-              "BLOCK_N": block, "BLOCK_M": 32}
-    for kernel in (kernels.softmin_fwd_kernel, kernels.softmin_bwd_rows_kernel,
-                   kernels.softmin_bwd_cols_kernel):
+    consts = {
+        "D": d,
+        "DP": dp,
+        "EUCLID": True,
+        "ACC": getattr(tl, acc.replace("fp", "float")),
+        "BLOCK_N": block,
+        "BLOCK_M": 32,
+    }
+    for kernel in (
+        kernels.softmin_fwd_kernel,
+        kernels.softmin_bwd_rows_kernel,
+        kernels.softmin_bwd_cols_kernel,
+    ):
         sig = {}
         for arg in kernel.arg_names:
             if arg in consts:
@@ -438,8 +473,11 @@ def test_kernels_compile_for_sm90(monkeypatch, tmp_path, d, dtype):
                 sig[arg] = f"*{dtype}" if arg in ("X", "Y", "H") else f"*{acc}"
         src = ASTSource(kernel, sig, {k: v for k, v in consts.items() if k in kernel.arg_names})
         try:
-            compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                      options={"num_warps": 4, "enable_fp_fusion": True})
+            compiled = triton.compile(
+                src,
+                target=GPUTarget("cuda", 90, 32),
+                options={"num_warps": 4, "enable_fp_fusion": True},
+            )
         except (TypeError, AttributeError) as err:  # compiler API drift, not a kernel bug
             pytest.skip(f"Triton compiler API differs: {err}")
         assert "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0

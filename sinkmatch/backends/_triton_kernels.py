@@ -51,8 +51,18 @@ else:
 
 
 @triton.jit
-def _tile_sqdist(x_base, y_base, offs_n, offs_m, n_mask, m_mask, D: tl.constexpr, ACC: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _tile_sqdist(
+    x_base,
+    y_base,
+    offs_n,
+    offs_m,
+    n_mask,
+    m_mask,
+    D: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     """Squared distances of a (BLOCK_N, BLOCK_M) tile, accumulated one coordinate at a time."""
     sq = tl.full((BLOCK_N, BLOCK_M), 0.0, ACC)
     offs_n = offs_n.to(tl.int64)
@@ -79,10 +89,23 @@ def _cost_and_coef(sq, EUCLID: tl.constexpr):
 
 @triton.jit
 def softmin_fwd_kernel(
-    X, Y, H, INV_EPS, NEG_EPS, N_VALID, M_VALID, OUT, LSE,
-    N, M, n_blocks,
-    D: tl.constexpr, EUCLID: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    X,
+    Y,
+    H,
+    INV_EPS,
+    NEG_EPS,
+    N_VALID,
+    M_VALID,
+    OUT,
+    LSE,
+    N,
+    M,
+    n_blocks,
+    D: tl.constexpr,
+    EUCLID: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """out_i = -eps * lse_i with lse_i = log sum_j exp(h_j - C_ij / eps), online over columns."""
     pid = tl.program_id(0).to(tl.int64)
@@ -128,10 +151,24 @@ def softmin_fwd_kernel(
 
 @triton.jit
 def softmin_bwd_rows_kernel(
-    X, Y, H, LSE, W, INV_EPS, N_VALID, M_VALID, GX,
-    N, M, n_blocks,
-    D: tl.constexpr, DP: tl.constexpr, EUCLID: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    X,
+    Y,
+    H,
+    LSE,
+    W,
+    INV_EPS,
+    N_VALID,
+    M_VALID,
+    GX,
+    N,
+    M,
+    n_blocks,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    EUCLID: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """grad_x_i = w_i sum_j pi_ij k_ij (x_i - y_j), pi_ij = exp(h_j - C_ij / eps - lse_i).
 
@@ -173,8 +210,9 @@ def softmin_bwd_rows_kernel(
         row_sum += tl.reduce(wk, 1, _add)
         if DP >= 16:  # (BLOCK_N, BLOCK_M) @ (BLOCK_M, DP), full precision (no TF32)
             yd_mask = m_mask[:, None] & (offs_d[None, :] < D)
-            y_tile = tl.load(y_base + offs_m[:, None] * D + offs_d[None, :], mask=yd_mask,
-                             other=0.0).to(ACC)
+            y_tile = tl.load(
+                y_base + offs_m[:, None] * D + offs_d[None, :], mask=yd_mask, other=0.0
+            ).to(ACC)
             row_vec += tl.dot(wk, y_tile, input_precision="ieee", out_dtype=ACC)
         else:  # few coordinates: one reduction per coordinate
             for d in range(D):
@@ -183,7 +221,9 @@ def softmin_bwd_rows_kernel(
                 row_vec += tl.where(offs_d[None, :] == d, td[:, None], 0.0)
 
     xd_mask = n_mask[:, None] & (offs_d[None, :] < D)
-    x_tile = tl.load(x_base + offs_n[:, None] * D + offs_d[None, :], mask=xd_mask, other=0.0).to(ACC)
+    x_tile = tl.load(x_base + offs_n[:, None] * D + offs_d[None, :], mask=xd_mask, other=0.0).to(
+        ACC
+    )
     gx = w[:, None] * (row_sum[:, None] * x_tile - row_vec)
     out_mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
     gx = tl.where(xd_mask, gx, 0.0)
@@ -192,10 +232,26 @@ def softmin_bwd_rows_kernel(
 
 @triton.jit
 def softmin_bwd_cols_kernel(
-    X, Y, H, LSE, W, INV_EPS, NEG_EPS, N_VALID, M_VALID, GY, GH,
-    N, M, n_blocks,
-    D: tl.constexpr, DP: tl.constexpr, EUCLID: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    X,
+    Y,
+    H,
+    LSE,
+    W,
+    INV_EPS,
+    NEG_EPS,
+    N_VALID,
+    M_VALID,
+    GY,
+    GH,
+    N,
+    M,
+    n_blocks,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    EUCLID: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """grad_h_j = -eps sum_i w_i pi_ij and grad_y_j = sum_i w_i pi_ij k_ij (y_j - x_i).
 
@@ -238,8 +294,9 @@ def softmin_bwd_cols_kernel(
         col_sum += tl.reduce(wk, 0, _add)
         if DP >= 16:  # (BLOCK_M, BLOCK_N) @ (BLOCK_N, DP), full precision (no TF32)
             xd_mask = n_mask[:, None] & (offs_d[None, :] < D)
-            x_tile = tl.load(x_base + offs_n[:, None] * D + offs_d[None, :], mask=xd_mask,
-                             other=0.0).to(ACC)
+            x_tile = tl.load(
+                x_base + offs_n[:, None] * D + offs_d[None, :], mask=xd_mask, other=0.0
+            ).to(ACC)
             col_vec += tl.dot(tl.trans(wk), x_tile, input_precision="ieee", out_dtype=ACC)
         else:
             for d in range(D):
@@ -248,7 +305,9 @@ def softmin_bwd_cols_kernel(
                 col_vec += tl.where(offs_d[None, :] == d, ud[:, None], 0.0)
 
     yd_mask = m_mask[:, None] & (offs_d[None, :] < D)
-    y_tile = tl.load(y_base + offs_m[:, None] * D + offs_d[None, :], mask=yd_mask, other=0.0).to(ACC)
+    y_tile = tl.load(y_base + offs_m[:, None] * D + offs_d[None, :], mask=yd_mask, other=0.0).to(
+        ACC
+    )
     gy = tl.where(yd_mask, col_sum[:, None] * y_tile - col_vec, 0.0)
     out_mask = (offs_m[:, None] < M) & (offs_d[None, :] < D)
     tl.store(GY + b * M * D + offs_m[:, None] * D + offs_d[None, :], gy, mask=out_mask)

@@ -270,18 +270,12 @@ class _KernelRowsSq(torch.autograd.Function):
         gx = gy = gh = None
         if ctx.needs_input_grad[0]:
             vy = v.unsqueeze(-1) * y  # (B, M, D)
-            kvy = (
-                batched_mv(k, vy[..., 0]).unsqueeze(-1)
-                if y.shape[-1] == 1
-                else torch.bmm(k, vy)
-            )
+            kvy = batched_mv(k, vy[..., 0]).unsqueeze(-1) if y.shape[-1] == 1 else torch.bmm(k, vy)
             gx = 2.0 * (grad_out.unsqueeze(-1) * x - w.unsqueeze(-1) * kvy)
         if ctx.needs_input_grad[1]:
             wx = w.unsqueeze(-1) * x  # (B, N, D)
             ktwx = (
-                batched_mv(kt, wx[..., 0]).unsqueeze(-1)
-                if x.shape[-1] == 1
-                else torch.bmm(kt, wx)
+                batched_mv(kt, wx[..., 0]).unsqueeze(-1) if x.shape[-1] == 1 else torch.bmm(kt, wx)
             )
             gy = 2.0 * v.unsqueeze(-1) * (y * ktw - ktwx)
         if ctx.needs_input_grad[2]:

@@ -253,7 +253,9 @@ def plan_matmul(
     out = torch.zeros(x.shape[0], x.shape[1], values.shape[2], dtype=lse.dtype, device=lse.device)
     with torch.no_grad():
         for r0, c0, xr, yc, _, pi in _plan_tiles(eps, x, y, h, cost, lse, None, None):
-            out[:, r0 : r0 + xr.shape[1]] += torch.bmm(pi, values[:, c0 : c0 + yc.shape[1]].to(pi.dtype))
+            out[:, r0 : r0 + xr.shape[1]] += torch.bmm(
+                pi, values[:, c0 : c0 + yc.shape[1]].to(pi.dtype)
+            )
     return out
 
 

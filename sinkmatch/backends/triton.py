@@ -252,15 +252,40 @@ def _forward(cfg: _Launch, x: Tensor, y: Tensor, h: Tensor, n_valid: Tensor, m_v
     extra = _launch_options(cfg)
     with _device_ctx(x):
         k.softmin_fwd_kernel[(b * n_blocks,)](
-            x, y, h, inv, neg, n_valid, m_valid, out, lse, n, m, n_blocks,
-            D=d, EUCLID=cfg.euclid, ACC=_tl_dtype(acc),
-            BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, **extra,
+            x,
+            y,
+            h,
+            inv,
+            neg,
+            n_valid,
+            m_valid,
+            out,
+            lse,
+            n,
+            m,
+            n_blocks,
+            D=d,
+            EUCLID=cfg.euclid,
+            ACC=_tl_dtype(acc),
+            BLOCK_N=cfg.block_n,
+            BLOCK_M=cfg.block_m,
+            **extra,
         )
     return out, lse
 
 
-def _backward(cfg: _Launch, x: Tensor, y: Tensor, h: Tensor, lse: Tensor, w: Tensor,
-              n_valid: Tensor, m_valid: Tensor, need_x: bool, need_yh: bool):
+def _backward(
+    cfg: _Launch,
+    x: Tensor,
+    y: Tensor,
+    h: Tensor,
+    lse: Tensor,
+    w: Tensor,
+    n_valid: Tensor,
+    m_valid: Tensor,
+    need_x: bool,
+    need_yh: bool,
+):
     k = _kernels(cfg.interpret)
     b, n, d = x.shape
     m = y.shape[1]
@@ -272,8 +297,15 @@ def _backward(cfg: _Launch, x: Tensor, y: Tensor, h: Tensor, lse: Tensor, w: Ten
     # (BLOCK, DP) accumulator must stay in registers: blocks above 32 spill (ptxas, sm_90).
     block_n = min(cfg.block_n, _DOT_MAX_BLOCK) if dp >= 16 else cfg.block_n
     block_m = min(cfg.block_m, _DOT_MAX_BLOCK) if dp >= 16 else cfg.block_m
-    common = {"D": d, "DP": dp, "EUCLID": cfg.euclid, "ACC": _tl_dtype(acc),
-              "BLOCK_N": block_n, "BLOCK_M": block_m, **extra}
+    common = {
+        "D": d,
+        "DP": dp,
+        "EUCLID": cfg.euclid,
+        "ACC": _tl_dtype(acc),
+        "BLOCK_N": block_n,
+        "BLOCK_M": block_m,
+        **extra,
+    }
     gx = gy = gh = None
     with _device_ctx(x):
         if need_x:
@@ -296,8 +328,9 @@ class _SoftminFunction(torch.autograd.Function):
     """Forward: one launch. Backward: one launch for ``x``, one for ``y`` and ``h``."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, y: Tensor, h: Tensor, n_valid: Tensor, m_valid: Tensor,
-                cfg: _Launch) -> Tensor:
+    def forward(
+        ctx: Any, x: Tensor, y: Tensor, h: Tensor, n_valid: Tensor, m_valid: Tensor, cfg: _Launch
+    ) -> Tensor:
         out, lse = _forward(cfg, x, y, h, n_valid, m_valid)
         ctx.save_for_backward(x, y, h, lse, n_valid, m_valid)
         ctx.cfg = cfg
@@ -308,8 +341,9 @@ class _SoftminFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, y, h, lse, n_valid, m_valid = ctx.saved_tensors
         need_x, need_y, need_h = ctx.needs_input_grad[:3]
-        gx, gy, gh = _backward(ctx.cfg, x, y, h, lse, grad_out.contiguous(), n_valid, m_valid,
-                               need_x, need_y or need_h)
+        gx, gy, gh = _backward(
+            ctx.cfg, x, y, h, lse, grad_out.contiguous(), n_valid, m_valid, need_x, need_y or need_h
+        )
         return (
             gx.to(x.dtype) if need_x else None,
             gy.to(y.dtype) if need_y else None,
@@ -370,9 +404,15 @@ def _check_blocks(block_n: object, block_m: object, num_warps: object) -> None:
 def _lengths(lengths: Tensor | None, name: str, b: int, full: int, device: torch.device) -> Tensor:
     if lengths is None:
         return torch.full((b,), full, dtype=torch.int32, device=device)
-    if (not isinstance(lengths, Tensor) or lengths.dtype.is_floating_point
-            or lengths.is_complex() or lengths.dtype == torch.bool):
-        raise TypeError(f"{name} must be an integer tensor of shape ({b},), got {_describe(lengths)}")
+    if (
+        not isinstance(lengths, Tensor)
+        or lengths.dtype.is_floating_point
+        or lengths.is_complex()
+        or lengths.dtype == torch.bool
+    ):
+        raise TypeError(
+            f"{name} must be an integer tensor of shape ({b},), got {_describe(lengths)}"
+        )
     if tuple(lengths.shape) != (b,):
         raise ValueError(f"{name} must have shape ({b},), got {_describe(lengths)}")
     return lengths.to(device=device, dtype=torch.int32).clamp(0, full).contiguous()
@@ -478,8 +518,10 @@ class TritonSoftmin:
         self.num_warps = num_warps
 
     def __repr__(self) -> str:
-        return (f"TritonSoftmin(block_n={self.block_n}, block_m={self.block_m}, "
-                f"num_warps={self.num_warps})")
+        return (
+            f"TritonSoftmin(block_n={self.block_n}, block_m={self.block_m}, "
+            f"num_warps={self.num_warps})"
+        )
 
     def softmin(
         self,
@@ -494,6 +536,14 @@ class TritonSoftmin:
     ) -> Tensor:
         """Soft-min over the columns; see :func:`triton_softmin` for the arguments."""
         return triton_softmin(
-            eps, x, y, h, cost, n_valid=n_valid, m_valid=m_valid,
-            block_n=self.block_n, block_m=self.block_m, num_warps=self.num_warps,
+            eps,
+            x,
+            y,
+            h,
+            cost,
+            n_valid=n_valid,
+            m_valid=m_valid,
+            block_n=self.block_n,
+            block_m=self.block_m,
+            num_warps=self.num_warps,
         )

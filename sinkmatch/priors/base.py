@@ -99,7 +99,9 @@ def check_nonnegative(name: str, value: Any) -> float:
 def check_count(name: str, value: Any) -> int:
     """A non-negative integer (Python or numpy int; not bool, not float)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a non-negative integer, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be a non-negative integer, got {value!r} ({type(value).__name__})"
+        )
     value = int(value)
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
@@ -136,7 +138,9 @@ def to_numpy64(x: Array, name: str = "c") -> tuple[np.ndarray, Callable[[np.ndar
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a float, numpy array or torch Tensor, got {type(x).__name__}") from err
+        raise TypeError(
+            f"{name} must be a float, numpy array or torch Tensor, got {type(x).__name__}"
+        ) from err
     return arr, lambda r: np.asarray(r, dtype=np.float64)
 
 
@@ -145,7 +149,9 @@ def resolve_device(
 ) -> tuple[torch.device, torch.device]:
     """Return ``(work_device, out_device)``: where uniforms are drawn and where samples go."""
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
     if device is None:
         out = generator.device if generator is not None else torch.device("cpu")
     else:
@@ -156,7 +162,9 @@ def resolve_device(
     return work, out
 
 
-def rand64(shape: int | tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def rand64(
+    shape: int | tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     """Uniform [0, 1) float64 draws on ``device``."""
     return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
 
@@ -175,7 +183,9 @@ class PriorBase:
     def _ppf(self, q: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _sample64(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    def _sample64(
+        self, n: int, generator: torch.Generator | None, device: torch.device
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def mean(self) -> float:

@@ -33,7 +33,9 @@ def _check_grid(grid: Any) -> tuple[int, int]:
     if (
         not isinstance(grid, (tuple, list))
         or len(grid) != 2
-        or not all(isinstance(g, numbers.Integral) and not isinstance(g, bool) and g > 0 for g in grid)
+        or not all(
+            isinstance(g, numbers.Integral) and not isinstance(g, bool) and g > 0 for g in grid
+        )
     ):
         raise ValueError(f"grid must be a pair of positive ints (M, N), got {grid!r}")
     return int(grid[0]), int(grid[1])
@@ -88,7 +90,9 @@ def solve_lambda(
     crops_per_image = check_positive("crops_per_image", crops_per_image)
     x_min = check_positive("x_min", x_min)
     if num_images < 2:
-        raise ValueError(f"num_images must be >= 2 (the CDF target 1 - 1/S must be > 0), got {num_images!r}")
+        raise ValueError(
+            f"num_images must be >= 2 (the CDF target 1 - 1/S must be > 0), got {num_images!r}"
+        )
     c_max = cf_max / (m * n * crops_per_image)
     if c_max <= x_min:
         raise ValueError(
@@ -111,7 +115,9 @@ def solve_lambda(
     # so at lam_hi = log(S) / (C_max - x_min) we have f <= 0
     lam_hi = math.log(num_images) / (c_max - x_min)
     if f(lam_hi) > 0.0:  # pragma: no cover - guaranteed by the bound above
-        raise ValueError(f"could not bracket lambda for cf_max={cf_max!r}, num_images={num_images!r}")
+        raise ValueError(
+            f"could not bracket lambda for cf_max={cf_max!r}, num_images={num_images!r}"
+        )
     return float(brentq(f, 0.0, lam_hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500))
 
 
@@ -207,12 +213,26 @@ class CountPrior(PriorBase):
                 )
             lam = legacy_lambda(cf_max, num_images, alpha=alpha)
             t = legacy_threshold(alpha, lam)
-            return cls(alpha, lam, threshold=t, x_min=1.0, mode="legacy",
-                       c_max=float(cf_max) / _LEGACY_CELLS, cf_max=float(cf_max), num_images=num_images)
+            return cls(
+                alpha,
+                lam,
+                threshold=t,
+                x_min=1.0,
+                mode="legacy",
+                c_max=float(cf_max) / _LEGACY_CELLS,
+                cf_max=float(cf_max),
+                num_images=num_images,
+            )
         if mode != "exact":
             raise ValueError(f'mode must be "exact" or "legacy", got {mode!r}')
-        lam = solve_lambda(cf_max, num_images=num_images, alpha=alpha, grid=grid,
-                           crops_per_image=crops_per_image, x_min=x_min)
+        lam = solve_lambda(
+            cf_max,
+            num_images=num_images,
+            alpha=alpha,
+            grid=grid,
+            crops_per_image=crops_per_image,
+            x_min=x_min,
+        )
         m, n = _check_grid(grid)
         c_max = float(cf_max) / (m * n * float(crops_per_image))
         if threshold is None:
@@ -220,8 +240,16 @@ class CountPrior(PriorBase):
             if not 0.0 < head_mass < 1.0:
                 raise ValueError(f"head_mass must lie in (0, 1), got {head_mass!r}")
             threshold = float(TruncatedPowerLaw(alpha, lam, x_min=x_min).ppf(head_mass))
-        return cls(alpha, lam, threshold=threshold, x_min=x_min, mode="exact",
-                   c_max=c_max, cf_max=float(cf_max), num_images=num_images)
+        return cls(
+            alpha,
+            lam,
+            threshold=threshold,
+            x_min=x_min,
+            mode="exact",
+            c_max=c_max,
+            cf_max=float(cf_max),
+            num_images=num_images,
+        )
 
     def __repr__(self) -> str:
         c_max = "None" if self.c_max is None else f"{self.c_max:.6g}"
@@ -242,8 +270,10 @@ class CountPrior(PriorBase):
             f"  mean={self.mean():.4g}, {quant}",
         ]
         if self.c_max is not None:
-            lines.append(f"  CDF(C_max={self.c_max:.4g}) = {float(self.cdf(self.c_max)):.6f}"
-                         + (f" (target 1 - 1/S = {1 - 1 / self.num_images:.6f})" if self.num_images else ""))
+            lines.append(
+                f"  CDF(C_max={self.c_max:.4g}) = {float(self.cdf(self.c_max)):.6f}"
+                + (f" (target 1 - 1/S = {1 - 1 / self.num_images:.6f})" if self.num_images else "")
+            )
         return "\n".join(lines)
 
     # delegate the math to the mixture
@@ -262,7 +292,9 @@ class CountPrior(PriorBase):
     def mean(self) -> float:
         return self._mixture.mean()
 
-    def _sample64(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    def _sample64(
+        self, n: int, generator: torch.Generator | None, device: torch.device
+    ) -> torch.Tensor:
         if self.mode == "legacy":
             x = legacy_sample64(self.alpha, self.lam, n, generator, device, x_min=self.x_min)
         else:

@@ -95,8 +95,14 @@ def _prepare(data: Any, x_min: float | None, *, positive: bool = True) -> tuple[
     return x, x_min
 
 
-def _result(name: str, params: dict[str, float], prior: Prior, x: np.ndarray, x_min: float,
-            converged: bool = True) -> FitResult:
+def _result(
+    name: str,
+    params: dict[str, float],
+    prior: Prior,
+    x: np.ndarray,
+    x_min: float,
+    converged: bool = True,
+) -> FitResult:
     loglik = float(np.sum(prior.logpdf(x)))
     return FitResult(name, params, loglik, int(x.size), x_min, prior, converged)
 
@@ -159,16 +165,22 @@ def fit_lognormal(data: Any, *, x_min: float | None = None) -> FitResult:
         z = (logx - mu) / sigma
         a = (log_xmin - mu) / sigma
         log_tail = float(log_ndtr(-a))
-        value = sum_logx + n * s + 0.5 * n * math.log(2 * math.pi) + 0.5 * float(z @ z) + n * log_tail
+        value = (
+            sum_logx + n * s + 0.5 * n * math.log(2 * math.pi) + 0.5 * float(z @ z) + n * log_tail
+        )
         if math.isfinite(a):
-            h = math.exp(-0.5 * a * a - 0.5 * math.log(2 * math.pi) - log_tail)  # phi(a) / Phibar(a)
+            h = math.exp(
+                -0.5 * a * a - 0.5 * math.log(2 * math.pi) - log_tail
+            )  # phi(a) / Phibar(a)
         else:
             h, a = 0.0, 0.0
         grad = np.array([(-z.sum() + n * h) / sigma, n - float(z @ z) + n * h * a])
         return value, grad
 
     theta0 = np.array([logx.mean(), math.log(max(logx.std(), 1e-3))])
-    res = minimize(nll, theta0, jac=True, method="BFGS", options={"gtol": 1e-9 * n, "maxiter": 2000})
+    res = minimize(
+        nll, theta0, jac=True, method="BFGS", options={"gtol": 1e-9 * n, "maxiter": 2000}
+    )
     mu, sigma = float(res.x[0]), math.exp(float(res.x[1]))
     prior = LogNormal(mu, sigma, x_min=x_min)
     return _result("lognormal", {"mu": mu, "sigma": sigma}, prior, x, x_min, bool(res.success))
@@ -184,7 +196,9 @@ def _log_norm(alpha: float, lam: float, x_min: float) -> float:
 
 def _tpl_mean(alpha: float, lam: float, x_min: float) -> float:
     z0 = lam * x_min
-    return x_min * float(scaled_gammaincc(2.0 - alpha, z0)) / float(scaled_gammaincc(1.0 - alpha, z0))
+    return (
+        x_min * float(scaled_gammaincc(2.0 - alpha, z0)) / float(scaled_gammaincc(1.0 - alpha, z0))
+    )
 
 
 def _profile_lambda(alpha: float, xbar: float, x_min: float) -> float:
@@ -233,8 +247,9 @@ def fit_truncated_power_law(data: Any, *, x_min: float | None = None) -> FitResu
         return alpha * sum_log + lam * n * xbar + n * _log_norm(alpha, lam, x_min)
 
     lo, hi = _ALPHA_BOUNDS
-    res = minimize_scalar(neg_profile, bounds=(lo, hi), method="bounded",
-                          options={"xatol": 1e-12, "maxiter": 500})
+    res = minimize_scalar(
+        neg_profile, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12, "maxiter": 500}
+    )
     alpha = float(res.x)
     lam = _profile_lambda(alpha, xbar, x_min)
     converged = bool(res.success) and lo * 1.001 < alpha < hi * 0.999
@@ -244,7 +259,9 @@ def fit_truncated_power_law(data: Any, *, x_min: float | None = None) -> FitResu
     return _result("truncated_power_law", {"alpha": alpha, "lam": lam}, prior, x, x_min, converged)
 
 
-def compare_fits(data: Any, fit1: FitResult, fit2: FitResult, *, nested: bool = False) -> Comparison:
+def compare_fits(
+    data: Any, fit1: FitResult, fit2: FitResult, *, nested: bool = False
+) -> Comparison:
     """Log-likelihood ratio test between two fits (Clauset, Shalizi & Newman 2009, Sec. 5.1).
 
     Uses the points ``>= x_min`` (both fits must share ``x_min``). Non-nested (default): Vuong's
@@ -269,9 +286,13 @@ def compare_fits(data: Any, fit1: FitResult, fit2: FitResult, *, nested: bool = 
     if fit1.x_min != fit2.x_min:
         raise ValueError(f"fits must share x_min, got {fit1.x_min!r} and {fit2.x_min!r}")
     x, _ = _prepare(data, fit1.x_min, positive=False)
-    d = np.asarray(fit1.prior.logpdf(x), dtype=np.float64) - np.asarray(fit2.prior.logpdf(x), dtype=np.float64)
+    d = np.asarray(fit1.prior.logpdf(x), dtype=np.float64) - np.asarray(
+        fit2.prior.logpdf(x), dtype=np.float64
+    )
     if not np.all(np.isfinite(d)):
-        raise ValueError("a fit assigns zero density to some data point; the ratio test is undefined")
+        raise ValueError(
+            "a fit assigns zero density to some data point; the ratio test is undefined"
+        )
     n = x.size
     r = float(d.sum())
     sigma = float(np.sqrt(np.mean((d - d.mean()) ** 2)))
@@ -281,4 +302,3 @@ def compare_fits(data: Any, fit1: FitResult, fit2: FitResult, *, nested: bool = 
         p = 1.0 if sigma == 0.0 else float(erfc(abs(r) / math.sqrt(2.0 * n * sigma * sigma)))
     normalized = 0.0 if sigma == 0.0 else r / (math.sqrt(n) * sigma)
     return Comparison(r, normalized, p, n)
-

@@ -95,7 +95,9 @@ class HeadRedistributed(PriorBase):
         tail = np.asarray(self.base.ppf(np.clip(q, w, 1.0)), dtype=np.float64)
         return np.where(q <= w, head, tail)
 
-    def _sample64(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    def _sample64(
+        self, n: int, generator: torch.Generator | None, device: torch.device
+    ) -> torch.Tensor:
         x = self.base.sample(n, generator=generator, device=device, dtype=torch.float64)
         return redistribute_head(x, self.threshold, generator)
 
@@ -112,7 +114,9 @@ class HeadRedistributed(PriorBase):
         return 0.5 * w * t + float(self.base.mean()) - below
 
 
-def redistribute_head(x: torch.Tensor, threshold: float, generator: torch.Generator | None) -> torch.Tensor:
+def redistribute_head(
+    x: torch.Tensor, threshold: float, generator: torch.Generator | None
+) -> torch.Tensor:
     """Replace every entry of ``x`` below ``threshold`` by an independent U(0, threshold) draw.
 
     Args:

@@ -80,7 +80,9 @@ class TruncatedPowerLaw(PriorBase):
         self._np_table: tuple[np.ndarray, ...] | None = None
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(alpha={self.alpha:g}, lam={self.lam:g}, x_min={self.x_min:g})"
+        return (
+            f"{type(self).__name__}(alpha={self.alpha:g}, lam={self.lam:g}, x_min={self.x_min:g})"
+        )
 
     # ------------------------------------------------------------------------------ float64 math
     def _log_sf_finite(self, c: np.ndarray) -> np.ndarray:
@@ -159,7 +161,11 @@ class TruncatedPowerLaw(PriorBase):
         """:math:`E[C]`: :math:`x_{\\min} Q(2-\\alpha, \\lambda x_{\\min}) / Q(1-\\alpha, \\lambda x_{\\min})`
         (``inf`` for a pure power law with alpha <= 2)."""
         if self.lam == 0.0:
-            return math.inf if self.alpha <= 2.0 else self.x_min * (self.alpha - 1.0) / (self.alpha - 2.0)
+            return (
+                math.inf
+                if self.alpha <= 2.0
+                else self.x_min * (self.alpha - 1.0) / (self.alpha - 2.0)
+            )
         z0 = self.lam * self.x_min
         return self.x_min * float(scaled_gammaincc(2.0 - self.alpha, z0)) / math.exp(self._log_q0)
 
@@ -180,10 +186,14 @@ class TruncatedPowerLaw(PriorBase):
             return integral / math.exp(self.log_norm)
         if not math.isfinite(t):
             return self.mean()
-        log_t_min = b * math.log(self.x_min) - self.lam * self.x_min + math.log(
-            float(scaled_gammaincc(b, self.lam * self.x_min))
+        log_t_min = (
+            b * math.log(self.x_min)
+            - self.lam * self.x_min
+            + math.log(float(scaled_gammaincc(b, self.lam * self.x_min)))
         )
-        log_t_t = b * math.log(t) - self.lam * t + math.log(float(scaled_gammaincc(b, self.lam * t)))
+        log_t_t = (
+            b * math.log(t) - self.lam * t + math.log(float(scaled_gammaincc(b, self.lam * t)))
+        )
         return self.mean() * -math.expm1(log_t_t - log_t_min)
 
     # -------------------------------------------------------------------------------- sampling
@@ -243,7 +253,9 @@ class TruncatedPowerLaw(PriorBase):
             log_acc[tail] = -self.alpha * torch.log1p((c_tail - x_k) / x_k)
         return c, torch.log(u[1]) < log_acc
 
-    def _sample64(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    def _sample64(
+        self, n: int, generator: torch.Generator | None, device: torch.device
+    ) -> torch.Tensor:
         if self.lam == 0.0:
             u = rand64(n, generator, device)
             return self.x_min * torch.exp(torch.log1p(-u) / self._a)
@@ -258,7 +270,9 @@ class TruncatedPowerLaw(PriorBase):
         out, acc = self._propose(piece, rand64((2, n), generator, device), tables)
         todo = torch.nonzero(~acc).squeeze(1)  # a few percent of the draws
         while todo.numel() > 0:
-            c, acc = self._propose(piece[todo], rand64((2, todo.numel()), generator, device), tables)
+            c, acc = self._propose(
+                piece[todo], rand64((2, todo.numel()), generator, device), tables
+            )
             out[todo[acc]] = c[acc]
             todo = todo[~acc]
         return out

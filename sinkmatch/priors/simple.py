@@ -76,7 +76,9 @@ class LogNormal(PriorBase):
     def _logpdf(self, c: np.ndarray) -> np.ndarray:
         z = self._z(c)
         with np.errstate(divide="ignore", invalid="ignore"):
-            out = -np.log(c * self.sigma) - 0.5 * math.log(2 * math.pi) - 0.5 * z * z - self._log_tail
+            out = (
+                -np.log(c * self.sigma) - 0.5 * math.log(2 * math.pi) - 0.5 * z * z - self._log_tail
+            )
         out = np.where((c < self.x_min) | (c <= 0), -np.inf, out)
         return np.where(c == np.inf, -np.inf, out)
 
@@ -91,7 +93,9 @@ class LogNormal(PriorBase):
         with np.errstate(over="ignore"):
             return np.where(q == 0, self.x_min, np.exp(self.mu + self.sigma * z))
 
-    def _sample64(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    def _sample64(
+        self, n: int, generator: torch.Generator | None, device: torch.device
+    ) -> torch.Tensor:
         u = (1.0 - rand64(n, generator, device)).clamp_(_U_MIN, _U_MAX)  # survival probabilities
         z = -torch.special.ndtri(u * math.exp(self._log_tail))
         return torch.exp(self.mu + self.sigma * z).clamp_(min=self.x_min)
@@ -100,7 +104,9 @@ class LogNormal(PriorBase):
         """:math:`e^{\\mu + \\sigma^2/2}\\,\\bar\\Phi(a - \\sigma)/\\bar\\Phi(a)`."""
         from scipy.special import log_ndtr
 
-        return math.exp(self.mu + 0.5 * self.sigma**2 + float(log_ndtr(self.sigma - self._a)) - self._log_tail)
+        return math.exp(
+            self.mu + 0.5 * self.sigma**2 + float(log_ndtr(self.sigma - self._a)) - self._log_tail
+        )
 
     def partial_mean(self, t: float) -> float:
         """:math:`E[C\\,1\\{C < t\\}]`."""
@@ -146,7 +152,9 @@ class Uniform(PriorBase):
     def _ppf(self, q: np.ndarray) -> np.ndarray:
         return self.low + q * self._width
 
-    def _sample64(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    def _sample64(
+        self, n: int, generator: torch.Generator | None, device: torch.device
+    ) -> torch.Tensor:
         return self.low + self._width * rand64(n, generator, device)
 
     def mean(self) -> float:
@@ -187,7 +195,9 @@ class Exponential(PriorBase):
         with np.errstate(divide="ignore"):
             return self.x_min - np.log1p(-q) / self.lam
 
-    def _sample64(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    def _sample64(
+        self, n: int, generator: torch.Generator | None, device: torch.device
+    ) -> torch.Tensor:
         return self.x_min - torch.log1p(-rand64(n, generator, device)) / self.lam
 
     def mean(self) -> float:
@@ -262,7 +272,9 @@ class Empirical(PriorBase):
         from scipy.special import logsumexp
 
         z = (c.reshape(-1)[:, None] - self.data[None, :]) / self.jitter
-        out = logsumexp(-0.5 * z * z, axis=1) - math.log(self.data.size * self.jitter * math.sqrt(2 * math.pi))
+        out = logsumexp(-0.5 * z * z, axis=1) - math.log(
+            self.data.size * self.jitter * math.sqrt(2 * math.pi)
+        )
         return out.reshape(c.shape)
 
     def _ppf(self, q: np.ndarray) -> np.ndarray:
@@ -282,7 +294,9 @@ class Empirical(PriorBase):
         out = np.where(q == 0, -np.inf, np.where(q == 1, np.inf, out))
         return np.where(np.isnan(q), np.nan, out)
 
-    def _sample64(self, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    def _sample64(
+        self, n: int, generator: torch.Generator | None, device: torch.device
+    ) -> torch.Tensor:
         key = str(device)
         if key not in self._tensors:
             self._tensors[key] = torch.as_tensor(self.data, dtype=torch.float64, device=device)
@@ -290,7 +304,9 @@ class Empirical(PriorBase):
         idx = torch.randint(0, data.numel(), (n,), generator=generator, device=device)
         x = data[idx]
         if self.jitter > 0:
-            x = x + self.jitter * torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+            x = x + self.jitter * torch.randn(
+                n, generator=generator, device=device, dtype=torch.float64
+            )
         return x
 
     def mean(self) -> float:

@@ -73,7 +73,9 @@ def _points(seed: int, k: int, h: int = 24, w: int = 32) -> np.ndarray:
     return np.stack([rng.uniform(1, w, k), rng.uniform(1, h, k)], axis=1)
 
 
-def _make_shanghaitech(root: Path, gt_name: str = "ground-truth", n_train: int = 3, n_test: int = 2):
+def _make_shanghaitech(
+    root: Path, gt_name: str = "ground-truth", n_train: int = 3, n_test: int = 2
+):
     truth = {}
     for split, n in (("train", n_train), ("test", n_test)):
         for i in range(1, n + 1):
@@ -113,14 +115,18 @@ def test_shanghaitech_reads_points_0_based_and_rgb(tmp_path, gt_name):
             expected = truth[(split, Path(sample.path).name)] - 1.0  # 1-based -> 0-based
             np.testing.assert_allclose(sample.points, expected, rtol=0, atol=1e-12)
             assert sample.points.dtype == np.float64 and sample.count == len(expected)
-        np.testing.assert_array_equal(ds.counts(), [len(truth[(split, f"IMG_{i}.jpg")]) for i in range(1, n + 1)])
+        np.testing.assert_array_equal(
+            ds.counts(), [len(truth[(split, f"IMG_{i}.jpg")]) for i in range(1, n + 1)]
+        )
 
 
 def test_shanghaitech_split_folder_without_data_suffix(tmp_path):
     pts = _points(5, 3)
     _write_image(tmp_path / "test" / "images" / "IMG_7.jpg", _image(7))
     _write_shanghaitech_mat(tmp_path / "test" / "ground_truth" / "GT_IMG_7.mat", pts)
-    np.testing.assert_allclose(open_dataset(tmp_path, split="test")[0].points, pts - 1.0, atol=1e-12)
+    np.testing.assert_allclose(
+        open_dataset(tmp_path, split="test")[0].points, pts - 1.0, atol=1e-12
+    )
     with pytest.raises(DatasetError, match="train_data"):
         open_dataset(tmp_path, split="train")
 
@@ -141,7 +147,9 @@ def test_unlabeled_shanghaitech_needs_no_ground_truth(tmp_path):
 def test_natural_order_and_indexing(tmp_path):
     for i in (1, 2, 10):
         _write_image(tmp_path / "train_data" / "images" / f"IMG_{i}.jpg", _image(i))
-        _write_shanghaitech_mat(tmp_path / "train_data" / "ground-truth" / f"GT_IMG_{i}.mat", _points(i, i))
+        _write_shanghaitech_mat(
+            tmp_path / "train_data" / "ground-truth" / f"GT_IMG_{i}.mat", _points(i, i)
+        )
     ds = open_dataset(tmp_path)
     assert [p.name for p in ds.paths] == ["IMG_1.jpg", "IMG_2.jpg", "IMG_10.jpg"]
     assert ds[-1].points.shape == (10, 2)
@@ -221,7 +229,9 @@ def test_nwpu(tmp_path, image_folder):
         _write_image(tmp_path / image_folder / f"{i:04d}.jpg", _image(i))
         pts = [[float(i), 2.5]] * i
         (tmp_path / "jsons").mkdir(exist_ok=True)
-        (tmp_path / "jsons" / f"{i:04d}.json").write_text(json.dumps({"img_id": f"{i:04d}.jpg", "human_num": i, "points": pts}))
+        (tmp_path / "jsons" / f"{i:04d}.json").write_text(
+            json.dumps({"img_id": f"{i:04d}.jpg", "human_num": i, "points": pts})
+        )
     (tmp_path / "train.txt").write_text("0001 1 2\n0003 0 1\n")
     (tmp_path / "val.txt").write_text("0002 1 0\n")
     train = open_dataset(tmp_path, kind="nwpu", split="train")
@@ -243,7 +253,12 @@ def test_folder(tmp_path):
     _write_image(tmp_path / "z.jpeg", _image(4))
     (tmp_path / "notes.txt").write_text("not an image")
     ds = open_dataset(tmp_path, kind="folder", labels=False)
-    assert [p.relative_to(tmp_path).as_posix() for p in ds.paths] == ["a.JPG", "b/c/y.bmp", "b/x.png", "z.jpeg"]
+    assert [p.relative_to(tmp_path).as_posix() for p in ds.paths] == [
+        "a.JPG",
+        "b/c/y.bmp",
+        "b/x.png",
+        "z.jpeg",
+    ]
     assert all(ds[i].points is None and ds[i].image.shape == (24, 32, 3) for i in range(4))
     with pytest.raises(ValueError, match="labels=False"):
         open_dataset(tmp_path, kind="folder")  # labels=True by default
@@ -276,7 +291,9 @@ def test_corrupt_image(tmp_path):
     with pytest.raises(DatasetError, match=r"IMG_3\.jpg"):
         ds[2]
     good = (tmp_path / "test_data" / "images" / "IMG_1.jpg").read_bytes()
-    (tmp_path / "test_data" / "images" / "IMG_1.jpg").write_bytes(good[: len(good) - 40])  # truncated
+    (tmp_path / "test_data" / "images" / "IMG_1.jpg").write_bytes(
+        good[: len(good) - 40]
+    )  # truncated
     with pytest.raises(DatasetError, match=r"IMG_1\.jpg.*truncated"):
         open_dataset(tmp_path, split="test")[0]
     ds_test = open_dataset(tmp_path, split="test", labels=False)
@@ -297,7 +314,9 @@ def test_unreadable_annotations(tmp_path):
         ds.read_points(1)
 
     _write_image(tmp_path / "q" / "Train" / "img_0001.jpg", _image(1))
-    scipy_io.savemat(str(tmp_path / "q" / "Train" / "img_0001_ann.mat"), {"annPoints": np.zeros((3, 3, 3))})
+    scipy_io.savemat(
+        str(tmp_path / "q" / "Train" / "img_0001_ann.mat"), {"annPoints": np.zeros((3, 3, 3))}
+    )
     with pytest.raises(DatasetError, match=r"img_0001_ann\.mat"):
         open_dataset(tmp_path / "q", kind="qnrf")[0]
 
@@ -312,7 +331,9 @@ def test_unreadable_annotations(tmp_path):
     (tmp_path / "n" / "jsons" / "0001.json").write_text("{not json")
     with pytest.raises(DatasetError, match=r"0001\.json"):
         open_dataset(tmp_path / "n", kind="nwpu", split="all")[0]
-    (tmp_path / "n" / "jsons" / "0001.json").write_text(json.dumps({"points": [[1.0, float("nan")]]}))
+    (tmp_path / "n" / "jsons" / "0001.json").write_text(
+        json.dumps({"points": [[1.0, float("nan")]]})
+    )
     with pytest.raises(DatasetError, match="non-finite"):
         open_dataset(tmp_path / "n", kind="nwpu", split="all")[0]
 
@@ -364,12 +385,20 @@ def test_synthetic_is_deterministic(tmp_path, synthetic_root):
     kwargs = dict(num_train=2, num_test=1, image_size=(64, 96), count_range=(5, 60), seed=7)
     a, b = make_synthetic(tmp_path / "a", **kwargs), make_synthetic(tmp_path / "b", **kwargs)
     c = make_synthetic(tmp_path / "c", **{**kwargs, "seed": 8})
-    for rel in ("train_data/images/IMG_2.jpg", "train_data/ground-truth/GT_IMG_2.mat", "test_data/images/IMG_1.jpg"):
+    for rel in (
+        "train_data/images/IMG_2.jpg",
+        "train_data/ground-truth/GT_IMG_2.mat",
+        "test_data/images/IMG_1.jpg",
+    ):
         assert (a / rel).read_bytes() == (b / rel).read_bytes()
-    assert (a / "train_data/images/IMG_1.jpg").read_bytes() != (c / "train_data/images/IMG_1.jpg").read_bytes()
+    assert (a / "train_data/images/IMG_1.jpg").read_bytes() != (
+        c / "train_data/images/IMG_1.jpg"
+    ).read_bytes()
     # test images do not depend on num_train
     d = make_synthetic(tmp_path / "d", **{**kwargs, "num_train": 3})
-    assert (a / "test_data/images/IMG_1.jpg").read_bytes() == (d / "test_data/images/IMG_1.jpg").read_bytes()
+    assert (a / "test_data/images/IMG_1.jpg").read_bytes() == (
+        d / "test_data/images/IMG_1.jpg"
+    ).read_bytes()
     assert open_dataset(a, split="test")[0].image.shape == (64, 96, 3)
 
 
@@ -422,15 +451,15 @@ def _density_reference(points, shape_hw, ds, sigma):
     for x, y in points:
         c = min(max(int(np.floor(x + 0.5)) // ds, 0), w - 1)
         rr = min(max(int(np.floor(y + 0.5)) // ds, 0), h - 1)
-        pad[rr:rr + 2 * r + 1, c:c + 2 * r + 1] += k2
+        pad[rr : rr + 2 * r + 1, c : c + 2 * r + 1] += k2
     for i in range(r):  # fold rows: image row -1-i -> i, row h+i -> h-1-i
         pad[r + i] += pad[r - 1 - i]
         pad[h + r - 1 - i] += pad[h + r + i]
-    out = pad[r:h + r]
+    out = pad[r : h + r]
     for i in range(r):  # then columns
         out[:, r + i] += out[:, r - 1 - i]
         out[:, w + r - 1 - i] += out[:, w + r + i]
-    return out[:, r:w + r]
+    return out[:, r : w + r]
 
 
 @settings(max_examples=40, deadline=None)
@@ -459,7 +488,9 @@ def test_density_map_values():
     outside[6:9, 11:14] = 0
     assert np.all(outside == 0)
     corner = density_map(np.array([[0.0, 0.0]]), (64, 64))
-    np.testing.assert_allclose(corner[:2, :2], np.outer([k[0] + k[1], k[2]], [k[0] + k[1], k[2]]), rtol=1e-6)
+    np.testing.assert_allclose(
+        corner[:2, :2], np.outer([k[0] + k[1], k[2]], [k[0] + k[1], k[2]]), rtol=1e-6
+    )
     # the last pixel of a side that is not a multiple of 8, and a point off the image, still count
     edge = density_map(np.array([[70.0, 70.0], [-40.0, 10.0]]), (71, 71))
     assert np.isclose(edge.sum(), 2.0)
@@ -480,7 +511,11 @@ def test_cell_counts():
     torch.testing.assert_close(cells.detach(), ref)
     cells.sum().backward()
     grad = dens.grad[:, 0]
-    assert torch.all(grad[:, :24, :24] == 1) and torch.all(grad[:, 24:, :] == 0) and torch.all(grad[:, :, 24:] == 0)
+    assert (
+        torch.all(grad[:, :24, :24] == 1)
+        and torch.all(grad[:, 24:, :] == 0)
+        and torch.all(grad[:, :, 24:] == 0)
+    )
     with pytest.raises(ValueError, match="B, 1, h, w"):
         cell_counts(torch.zeros(3, 28, 28), 8)
     with pytest.raises(ValueError, match="cell"):
@@ -525,7 +560,9 @@ def test_resize_moves_points_with_the_pixels():
     assert out.shape == (224, 336, 3) and out.dtype == np.float32
     # bilinear interpolation of a ramp returns the source coordinate: the moved point sits on it
     for (x, y), (mx, my) in zip(points, moved):
-        assert np.isclose(mx, (x + 0.5) * 336 / 150 - 0.5) and np.isclose(my, (y + 0.5) * 224 / 100 - 0.5)
+        assert np.isclose(mx, (x + 0.5) * 336 / 150 - 0.5) and np.isclose(
+            my, (y + 0.5) * 224 / 100 - 0.5
+        )
         col, row = round(mx), round(my)
         assert abs(out[row, col, 0] - (x + (col - mx) * 150 / 336)) < 1e-3
         assert abs(out[row, col, 1] - (y + (row - my) * 100 / 224)) < 1e-3
@@ -652,7 +689,9 @@ def test_pseudo_density_resize_modes_and_errors():
     assert np.all(canny_pseudo_density(square) == 0)  # bilinear decimation misses them (original)
     area = canny_pseudo_density(square, interpolation="area")
     assert area.max() == 1.0
-    assert not np.array_equal(canny_pseudo_density(square, interpolation="area", exact_uint8=False), area)
+    assert not np.array_equal(
+        canny_pseudo_density(square, interpolation="area", exact_uint8=False), area
+    )
     with pytest.raises(ValueError, match="B, H, W, 3"):
         canny_pseudo_density(square[0])
     with pytest.raises(TypeError):

@@ -199,7 +199,9 @@ def read_image(path: PathLike) -> np.ndarray:
     except DatasetError:
         raise
     except Exception as exc:  # Pillow raises OSError, ValueError, DecompressionBombError, ...
-        raise DatasetError(f"corrupt or unreadable image file {path}: {type(exc).__name__}: {exc}") from exc
+        raise DatasetError(
+            f"corrupt or unreadable image file {path}: {type(exc).__name__}: {exc}"
+        ) from exc
     if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         raise DatasetError(f"image file {path} decoded to shape {image.shape}")
     return image
@@ -226,7 +228,9 @@ def _load_mat(path: Path) -> dict:
     try:
         return scipy.io.loadmat(str(path))
     except NotImplementedError as exc:  # MATLAB v7.3 (HDF5) files
-        raise DatasetError(f"cannot read {path}: MATLAB v7.3 files are not supported ({exc})") from exc
+        raise DatasetError(
+            f"cannot read {path}: MATLAB v7.3 files are not supported ({exc})"
+        ) from exc
     except Exception as exc:  # scipy raises ValueError, TypeError, OSError, MatReadError, ...
         raise DatasetError(f"cannot read MATLAB file {path}: {type(exc).__name__}: {exc}") from exc
 
@@ -242,8 +246,10 @@ def _read_shanghaitech_mat(path: Path) -> np.ndarray:
         names = info.dtype.names or ()
         location = record["location"] if "location" in names else record[0]
     except (IndexError, TypeError, ValueError, KeyError) as exc:
-        raise DatasetError(f"{path}: 'image_info' is not a cell holding a struct with a "
-                           f"'location' field ({type(exc).__name__}: {exc})") from exc
+        raise DatasetError(
+            f"{path}: 'image_info' is not a cell holding a struct with a "
+            f"'location' field ({type(exc).__name__}: {exc})"
+        ) from exc
     return _as_points(location, path, "image_info{1}.location") - 1.0
 
 
@@ -301,7 +307,9 @@ def _natural_key(path: Path) -> list:
 
 def _list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
     pattern = "**/*" if recursive else "*"
-    files = [p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    files = [
+        p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    ]
     return sorted(files, key=lambda p: _natural_key(p.relative_to(folder)))
 
 
@@ -370,7 +378,9 @@ def _open_ucf_cc_50(root: Path, split: str, labels: bool, fold: int | None, num_
     images = _require_images(sorted(images, key=lambda p: int(p.stem)), root)
     if split != "all":
         if fold is None:
-            raise ValueError(f"kind='ucf_cc_50' with split={split!r} needs fold (0..{num_folds - 1})")
+            raise ValueError(
+                f"kind='ucf_cc_50' with split={split!r} needs fold (0..{num_folds - 1})"
+            )
         if len(images) < num_folds:
             raise DatasetError(f"{root} has {len(images)} images, fewer than num_folds={num_folds}")
         test = set(_ucf_cc_50_test_indices(len(images), fold, num_folds).tolist())
@@ -400,8 +410,10 @@ def _open_nwpu(root: Path, split: str, labels: bool):
         wanted = [line.split()[0] for line in lines if line.strip()]
         missing = [s for s in wanted if s not in by_stem]
         if missing:
-            raise DatasetError(f"{list_file} lists {len(missing)} image(s) not found under "
-                               f"{folders[0]} (first: {missing[0]!r})")
+            raise DatasetError(
+                f"{list_file} lists {len(missing)} image(s) not found under "
+                f"{folders[0]} (first: {missing[0]!r})"
+            )
         images = [by_stem[s] for s in wanted]
     if not labels:
         return images, None, None
@@ -456,14 +468,22 @@ def open_dataset(
     if not isinstance(split, str):
         raise TypeError(f"split must be a str, got {type(split).__name__}")
     if kind == "ucf_cc_50":
-        if isinstance(num_folds, bool) or not isinstance(num_folds, (int, np.integer)) or num_folds < 2:
+        if (
+            isinstance(num_folds, bool)
+            or not isinstance(num_folds, (int, np.integer))
+            or num_folds < 2
+        ):
             raise ValueError(f"num_folds must be an int >= 2, got {num_folds!r}")
         if fold is not None and (
-            isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < num_folds
+            isinstance(fold, bool)
+            or not isinstance(fold, (int, np.integer))
+            or not 0 <= fold < num_folds
         ):
             raise ValueError(f"fold must be an int in [0, {num_folds - 1}], got {fold!r}")
     elif fold is not None:
-        raise ValueError(f"fold is only used by kind='ucf_cc_50', got fold={fold!r} for kind={kind!r}")
+        raise ValueError(
+            f"fold is only used by kind='ucf_cc_50', got fold={fold!r} for kind={kind!r}"
+        )
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a folder")

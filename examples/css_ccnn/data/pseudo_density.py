@@ -71,8 +71,12 @@ def canny_pseudo_density(
         raise ValueError(f"crops must have shape (B, H, W, 3) with B > 0, got {crops.shape}")
     if isinstance(downscale, bool) or not isinstance(downscale, (int, np.integer)) or downscale < 1:
         raise ValueError(f"downscale must be a positive int, got {downscale!r}")
-    if isinstance(blur_ksize, bool) or not isinstance(blur_ksize, (int, np.integer)) \
-            or blur_ksize < 1 or blur_ksize % 2 == 0:
+    if (
+        isinstance(blur_ksize, bool)
+        or not isinstance(blur_ksize, (int, np.integer))
+        or blur_ksize < 1
+        or blur_ksize % 2 == 0
+    ):
         raise ValueError(f"blur_ksize must be a positive odd int, got {blur_ksize!r}")
     if not (np.isfinite(blur_sigma) and blur_sigma > 0):
         raise ValueError(f"blur_sigma must be > 0, got {blur_sigma!r}")
@@ -92,12 +96,16 @@ def canny_pseudo_density(
 
     out = np.empty((b, oh, ow), dtype=np.float32)
     for i in range(b):
-        gray = cv2.cvtColor(np.ascontiguousarray(crops[i]), cv2.COLOR_BGR2GRAY)  # deliberate, see above
+        gray = cv2.cvtColor(
+            np.ascontiguousarray(crops[i]), cv2.COLOR_BGR2GRAY
+        )  # deliberate, see above
         edges = cv2.Canny(gray, float(low), float(high))
         if not exact_uint8:
             edges = edges.astype(np.float32)
         small = cv2.resize(edges, (ow, oh), interpolation=modes[interpolation])
-        blurred = cv2.GaussianBlur(small, (int(blur_ksize), int(blur_ksize)), sigmaX=float(blur_sigma))
+        blurred = cv2.GaussianBlur(
+            small, (int(blur_ksize), int(blur_ksize)), sigmaX=float(blur_sigma)
+        )
         out[i] = blurred.astype(np.float32) / 255.0
     peak = float(out.max())
     if peak > 0:

@@ -30,8 +30,18 @@ __all__ = ["GENERATOR_VERSION", "make_synthetic", "render_crowd"]
 
 GENERATOR_VERSION = 1
 _SPLITS = (("train", "train_data"), ("test", "test_data"))
-_SKIN = np.array([[255, 224, 196], [241, 194, 150], [224, 172, 125], [198, 134, 88],
-                  [160, 106, 66], [118, 74, 44], [84, 52, 32]], dtype=np.float64)
+_SKIN = np.array(
+    [
+        [255, 224, 196],
+        [241, 194, 150],
+        [224, 172, 125],
+        [198, 134, 88],
+        [160, 106, 66],
+        [118, 74, 44],
+        [84, 52, 32],
+    ],
+    dtype=np.float64,
+)
 _SHIFT = 2  # cv2 drawing with 2 fractional bits
 _SUB = 1 << _SHIFT
 
@@ -65,8 +75,13 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         bw, bh = rng.integers(s // 16, s // 2, size=2)
         color = tuple(float(c) for c in rng.uniform(0, 255, 3))
         filled = rng.random() < 0.6
-        cv2.rectangle(img, (int(x0), int(y0)), (int(x0 + bw), int(y0 + bh)), color,
-                      -1 if filled else int(rng.integers(1, 4)))
+        cv2.rectangle(
+            img,
+            (int(x0), int(y0)),
+            (int(x0 + bw), int(y0 + bh)),
+            color,
+            -1 if filled else int(rng.integers(1, 4)),
+        )
         if filled and rng.random() < 0.5:  # a window grid
             wc = tuple(float(c) for c in rng.uniform(0, 255, 3))
             step = int(rng.integers(max(4, s // 40), max(6, s // 12)))
@@ -104,15 +119,20 @@ def _place_heads(
         cx, cy = rng.uniform(0.05, 0.95) * w, rng.uniform(0.1, 0.95) * h
         sx = rng.uniform(0.02, 0.18) * w
         sy = sx * rng.uniform(0.3, 0.9) * h / w
-        field += weights[k] * np.exp(-0.5 * (((gy[:, None] - cy) / sy) ** 2 + ((gx[None, :] - cx) / sx) ** 2)) \
+        field += (
+            weights[k]
+            * np.exp(-0.5 * (((gy[:, None] - cy) / sy) ** 2 + ((gx[None, :] - cx) / sx) ** 2))
             / (sx * sy)
+        )
     field /= field.sum()
     field += rng.uniform(0.0, 0.08) / field.size  # a few stragglers anywhere
     scale = (gy - horizon) / (h - horizon)  # people per pixel grow as people shrink
     field *= (1.0 / scale)[:, None]
     expected = count * field / field.sum()
-    cap = np.broadcast_to(((w / gw) * (h / gh) / (1.4 * np.maximum(r_near * scale, 1.0)) ** 2)[:, None],
-                          expected.shape)
+    cap = np.broadcast_to(
+        ((w / gw) * (h / gh) / (1.4 * np.maximum(r_near * scale, 1.0)) ** 2)[:, None],
+        expected.shape,
+    )
     for _ in range(20):
         over = expected > cap
         if not over.any():
@@ -131,7 +151,9 @@ def _place_heads(
     return np.stack([np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)], axis=1)
 
 
-def _draw_people(img: np.ndarray, rng: np.random.Generator, heads: np.ndarray, head_radius: np.ndarray) -> None:
+def _draw_people(
+    img: np.ndarray, rng: np.random.Generator, heads: np.ndarray, head_radius: np.ndarray
+) -> None:
     """Draw head-and-shoulder figures far to near (in place)."""
     import cv2
 
@@ -148,14 +170,44 @@ def _draw_people(img: np.ndarray, rng: np.random.Generator, heads: np.ndarray, h
         x, y, r = heads[i, 0], heads[i, 1], head_radius[i]
         sub = lambda v: round(v * _SUB)  # noqa: E731
         body = (sub(x), sub(y + 2.6 * r))
-        cv2.ellipse(img, body, (max(1, sub(2.0 * r)), max(1, sub(1.7 * r))), 0, 0, 360,
-                    tuple(cloth[i]), -1, cv2.LINE_AA, _SHIFT)
+        cv2.ellipse(
+            img,
+            body,
+            (max(1, sub(2.0 * r)), max(1, sub(1.7 * r))),
+            0,
+            0,
+            360,
+            tuple(cloth[i]),
+            -1,
+            cv2.LINE_AA,
+            _SHIFT,
+        )
         head_axes = (max(1, sub(aspect[i] * r)), max(1, sub(r)))
-        cv2.ellipse(img, (sub(x), sub(y)), head_axes, 0, 0, 360,
-                    tuple(hair[i] if back[i] else skin[i]), -1, cv2.LINE_AA, _SHIFT)
+        cv2.ellipse(
+            img,
+            (sub(x), sub(y)),
+            head_axes,
+            0,
+            0,
+            360,
+            tuple(hair[i] if back[i] else skin[i]),
+            -1,
+            cv2.LINE_AA,
+            _SHIFT,
+        )
         if not back[i]:
-            cv2.ellipse(img, (sub(x), sub(y - 0.2 * r)), (head_axes[0] + 1, max(1, sub(0.85 * r))), 0,
-                        180, 360, tuple(hair[i]), -1, cv2.LINE_AA, _SHIFT)
+            cv2.ellipse(
+                img,
+                (sub(x), sub(y - 0.2 * r)),
+                (head_axes[0] + 1, max(1, sub(0.85 * r))),
+                0,
+                180,
+                360,
+                tuple(hair[i]),
+                -1,
+                cv2.LINE_AA,
+                _SHIFT,
+            )
 
 
 def render_crowd(
@@ -188,7 +240,9 @@ def render_crowd(
     horizon = -h * rng.uniform(0.15, 0.8)  # above the image: people at the top are 15–55 % size
     r_near = rng.uniform(0.03, 0.045) * min(h, w)  # head radius at the bottom row
     heads = _place_heads(rng, h, w, int(count), horizon, r_near)
-    radius = r_near * (heads[:, 1] - horizon) / (h - horizon) * rng.uniform(0.85, 1.15, heads.shape[0])
+    radius = (
+        r_near * (heads[:, 1] - horizon) / (h - horizon) * rng.uniform(0.85, 1.15, heads.shape[0])
+    )
     _draw_people(img, rng, heads, np.maximum(radius, 1.0))
     img = cv2.GaussianBlur(img, (3, 3), 0.6)
     img += rng.normal(0.0, rng.uniform(1.0, 5.0), img.shape).astype(np.float32)
@@ -294,28 +348,41 @@ def make_synthetic(
 
     size, (lo, hi) = _check_params(num_train, num_test, image_size, count_range, seed)
     root = Path(root)
-    params = {"generator_version": GENERATOR_VERSION, "num_train": int(num_train), "num_test": int(num_test),
-              "image_size": list(size), "count_range": [lo, hi], "seed": int(seed)}
+    params = {
+        "generator_version": GENERATOR_VERSION,
+        "num_train": int(num_train),
+        "num_test": int(num_test),
+        "image_size": list(size),
+        "count_range": [lo, hi],
+        "seed": int(seed),
+    }
     meta_path = root / "synthetic.json"
     existing = [root / d for _, d in _SPLITS if (root / d).exists()]
     if meta_path.exists() and not overwrite:
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as exc:
-            raise FileExistsError(f"{meta_path} exists but cannot be read ({exc}); pass overwrite=True") from exc
+            raise FileExistsError(
+                f"{meta_path} exists but cannot be read ({exc}); pass overwrite=True"
+            ) from exc
         if meta.get("parameters") != params:
-            raise FileExistsError(f"{meta_path} describes a dataset with other parameters "
-                                  f"{meta.get('parameters')}; pass overwrite=True to replace it")
+            raise FileExistsError(
+                f"{meta_path} describes a dataset with other parameters "
+                f"{meta.get('parameters')}; pass overwrite=True to replace it"
+            )
         complete = all(
             (root / d / "images" / name).is_file()
             and (root / d / "ground-truth" / f"GT_{Path(name).stem}.mat").is_file()
-            for split, d in _SPLITS for name in meta.get("counts", {}).get(split, {})
+            for split, d in _SPLITS
+            for name in meta.get("counts", {}).get(split, {})
         )
         if complete:
             return root  # deterministic: the same parameters give the same files
     elif existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists and is not a synthetic dataset of ours; "
-                              "pass overwrite=True or choose another root")
+        raise FileExistsError(
+            f"{existing[0]} exists and is not a synthetic dataset of ours; "
+            "pass overwrite=True or choose another root"
+        )
     if overwrite:
         if meta_path.exists():
             meta_path.unlink()
@@ -332,8 +399,9 @@ def make_synthetic(
             rng = np.random.default_rng([int(seed), split_id, i])
             count = _log_uniform_count(rng, lo, hi)
             image, points = render_crowd(rng, size, count)
-            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, 92])
+            ok, jpg = cv2.imencode(
+                ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92]
+            )
             if not ok:
                 raise RuntimeError("OpenCV could not encode a JPEG")
             _atomic_write(image_dir / f"IMG_{i + 1}.jpg", jpg.tobytes())
@@ -342,7 +410,7 @@ def make_synthetic(
     train_counts = list(counts["train"].values())
     meta = {
         "description": "synthetic crowds (examples.css_ccnn.data.synthetic), ShanghaiTech layout; "
-                       "not a substitute for real data, see docs/synthetic_crowds.md",
+        "not a substitute for real data, see docs/synthetic_crowds.md",
         "parameters": params,
         "counts": counts,
         "cf_max": int(max(train_counts)),

@@ -41,9 +41,13 @@ SizeLike = Union[int, tuple[int, int]]
 
 def _check_image(image: object, name: str = "image") -> np.ndarray:
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array (H, W, C) or (H, W), got {type(image).__name__}")
+        raise TypeError(
+            f"{name} must be a numpy array (H, W, C) or (H, W), got {type(image).__name__}"
+        )
     if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"{name} must have shape (H, W, C) or (H, W) with H, W > 0, got {image.shape}")
+        raise ValueError(
+            f"{name} must have shape (H, W, C) or (H, W) with H, W > 0, got {image.shape}"
+        )
     return image
 
 
@@ -56,7 +60,9 @@ def _check_points(points: object, name: str = "points") -> np.ndarray | None:
     if pts.ndim != 2 or pts.shape[1] != 2:
         raise ValueError(f"{name} must have shape (K, 2) as (x, y), got {pts.shape}")
     if not np.all(np.isfinite(pts)):
-        raise ValueError(f"{name} must be finite, got {int((~np.isfinite(pts)).sum())} non-finite values")
+        raise ValueError(
+            f"{name} must be finite, got {int((~np.isfinite(pts)).sum())} non-finite values"
+        )
     return pts
 
 
@@ -101,8 +107,10 @@ def resized_shape(
     m = _positive_int(multiple, "multiple")
     lo, hi = _positive_int(min_side, "min_side"), _positive_int(max_side, "max_side")
     if lo % m or hi % m or lo > hi:
-        raise ValueError(f"min_side and max_side must be multiples of multiple={m} with "
-                         f"min_side <= max_side, got min_side={lo}, max_side={hi}")
+        raise ValueError(
+            f"min_side and max_side must be multiples of multiple={m} with "
+            f"min_side <= max_side, got min_side={lo}, max_side={hi}"
+        )
     if min(h, w) < lo:
         if h <= w:
             h, w = lo, int(lo * w / h + 0.5)
@@ -170,8 +178,10 @@ def random_crop_position(
     h, w = int(shape_hw[0]), int(shape_hw[1])
     m = _positive_int(multiple, "multiple")
     if ch > h or cw > w:
-        raise ValueError(f"crop size {(ch, cw)} does not fit in an image of shape {(h, w)}; "
-                         "resize the image first (resize_for_test)")
+        raise ValueError(
+            f"crop size {(ch, cw)} does not fit in an image of shape {(h, w)}; "
+            "resize the image first (resize_for_test)"
+        )
     top = int(rng.integers(0, h - ch + 1)) // m * m
     left = int(rng.integers(0, w - cw + 1)) // m * m
     return top, left
@@ -197,8 +207,10 @@ def crop(
     h, w = image.shape[:2]
     top, left = int(top), int(left)
     if top < 0 or left < 0 or top + ch > h or left + cw > w:
-        raise ValueError(f"crop (top={top}, left={left}, size={(ch, cw)}) is outside the image of shape {(h, w)}")
-    out = image[top:top + ch, left:left + cw].copy()
+        raise ValueError(
+            f"crop (top={top}, left={left}, size={(ch, cw)}) is outside the image of shape {(h, w)}"
+        )
+    out = image[top : top + ch, left : left + cw].copy()
     if pts is not None:
         col = np.floor(pts[:, 0] + 0.5)
         row = np.floor(pts[:, 1] + 0.5)
@@ -232,9 +244,7 @@ def random_crop(
     return crop(image, points, top, left, size)
 
 
-def hflip(
-    image: np.ndarray, points: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray | None]:
+def hflip(image: np.ndarray, points: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Mirror left-right: ``image[:, ::-1]`` and ``x -> W - 1 - x`` (an involution on both)."""
     image = _check_image(image)
     pts = _check_points(points)
@@ -357,7 +367,9 @@ def cell_counts(density: torch.Tensor, cell: int) -> torch.Tensor:
     import torch.nn.functional as F
 
     if not isinstance(density, torch.Tensor):
-        raise TypeError(f"density must be a torch.Tensor (B, 1, h, w), got {type(density).__name__}")
+        raise TypeError(
+            f"density must be a torch.Tensor (B, 1, h, w), got {type(density).__name__}"
+        )
     if density.dim() != 4 or density.shape[1] != 1:
         raise ValueError(f"density must have shape (B, 1, h, w), got {tuple(density.shape)}")
     c = _positive_int(cell, "cell")
