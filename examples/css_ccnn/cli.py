@@ -14,7 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-from .config import PRESETS, Config, make_config, save_config
+from . import pipeline
+from .baselines import train_supervised
+from .config import PRESETS, Config, DataConfig, make_config, save_config
+from .demo import run_demo
+from .stage1 import train_stage1
+from .stage2 import train_stage2
+from .training import set_threads
 
 __all__ = ["build_parser", "main"]
 
@@ -76,24 +82,26 @@ def _common(
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m examples.css_ccnn",
-        description="CSS-CCNN (Babu Sam et al.): completely self-supervised crowd counting by "
-        "matching the distribution of predicted cell counts to a power-law prior with Sinkhorn "
-        "losses from sinkmatch.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
-
+def _command(sub, name: str, func, *, default_out: str = "runs/<preset>", **kwargs):
+    """A sub-command parser with the configuration options, dispatching to ``func``."""
     p = sub.add_parser(
-        "make-synthetic",
-        help="write a synthetic crowd dataset (ShanghaiTech layout)",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        name, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
     )
-    _common(p)
+    _common(p, default_out=default_out)
+    p.set_defaults(func=func)
+    return p
+
+
+# --------------------------------------------------------------------------- make-synthetic
+
+
+def _add_make_synthetic(sub) -> None:
+    p = _command(
+        sub,
+        "make-synthetic",
+        _cmd_make_synthetic,
+        help="write a synthetic crowd dataset (ShanghaiTech layout)",
+    )
     p.add_argument(
         "--num-train",
         type=int,
@@ -113,21 +121,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace an existing dataset with other parameters"
     )
 
-    p = sub.add_parser(
-        "stage1",
-        help="stage 1: rotation self-supervision of the FEN (no labels)",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _common(p)
 
-    p = sub.add_parser(
-        "stage2",
-        help="stage 2: Sinkhorn distribution matching of the density head (no labels)",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _cmd_make_synthetic(args: argparse.Namespace, cfg: Config, out: Path) -> int:
+    root = pipeline.make_synthetic_dataset(
+        cfg,
+        num_train=args.num_train,
+        num_test=args.num_test,
+        image_size=args.image_size,
+        overwrite=args.overwrite,
     )
-    _common(p)
+    print(f"synthetic dataset at {root}")
+    return 0
+
+
+# --------------------------------------------------------------------------- stage1, stage2
+
+
+def _add_stage1(sub) -> None:
+    _command(
+        sub, "stage1", _cmd_stage1, help="stage 1: rotation self-supervision of the FEN (no labels)"
+    )
+
+
+def _cmd_stage1(args: argparse.Namespace, cfg: Config, out: Path) -> int:
+    target = pipeline.seed_dir(out, cfg.seed) / "stage1"
+    result = train_stage1(
+        pipeline.open_train(cfg, labels=False), cfg, target, progress=not args.no_progress
+    )
+    print(
+        f"stage 1: best validation rotation accuracy {result.best_accuracy:.3f} "
+        f"at epoch {result.fit.best_epoch}; checkpoint {result.best_path}"
+    )
+    return 0
+
+
+def _add_stage2(sub) -> None:
+    p = _command(
+        sub,
+        "stage2",
+        _cmd_stage2,
+        help="stage 2: Sinkhorn distribution matching of the density head (no labels)",
+    )
     p.add_argument(
         "--variant",
         choices=["plain", "plus"],
@@ -145,13 +179,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="ablation 'Without Stage 1': a random frozen FEN (written to stage2_nostage1)",
     )
 
-    p = sub.add_parser(
-        "baselines",
-        help="train the labeled baselines (Fully Supervised, Self-Supervised with Labels)",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+
+def _cmd_stage2(args: argparse.Namespace, cfg: Config, out: Path) -> int:
+    sdir = pipeline.seed_dir(out, cfg.seed)
+    if args.no_stage1:
+        fen, target = None, sdir / "stage2_nostage1"
+    else:
+        fen = Path(args.stage1_checkpoint or sdir / "stage1" / "best.pt")
+        if not fen.is_file():
+            return _error(
+                f"stage-1 checkpoint {fen} not found (run 'stage1' first or pass "
+                "--stage1-checkpoint)"
+            )
+        target = sdir / f"stage2_{args.variant}"
+    result = train_stage2(
+        pipeline.open_train(cfg, labels=False),
+        cfg,
+        target,
+        fen_checkpoint=fen,
+        variant=args.variant,
+        progress=not args.no_progress,
     )
-    _common(p)
+    print(
+        f"stage 2 ({args.variant}): best validation Sinkhorn loss {result.fit.best_metric:.4g} "
+        f"at epoch {result.fit.best_epoch}; Cf_max {result.cf_max:g}, "
+        f"λ {result.prior_lambda:.4g}; checkpoint {result.best_path}"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- baselines, evaluate
+
+
+def _add_baselines(sub) -> None:
+    p = _command(
+        sub,
+        "baselines",
+        _cmd_baselines,
+        help="train the labeled baselines (Fully Supervised, Self-Supervised with Labels)",
+    )
     p.add_argument(
         "--which",
         nargs="+",
@@ -161,13 +227,36 @@ def build_parser() -> argparse.ArgumentParser:
         "(Random, Mean and P_prior need no training: 'evaluate' computes them)",
     )
 
-    p = sub.add_parser(
+
+def _cmd_baselines(args: argparse.Namespace, cfg: Config, out: Path) -> int:
+    sdir = pipeline.seed_dir(out, cfg.seed)
+    labeled = pipeline.open_train(cfg, labels=True)
+    for mode in args.which:
+        fen = sdir / "stage1" / "best.pt" if mode == "ssl" else None
+        if fen is not None and not fen.is_file():
+            return _error(f"{fen} not found (run 'stage1' first)")
+        result = train_supervised(
+            labeled,
+            cfg,
+            sdir / f"supervised_{mode}",
+            mode=mode,
+            fen_checkpoint=fen,
+            progress=not args.no_progress,
+        )
+        print(
+            f"baseline {mode}: best validation MAE {result.fit.best_metric:.2f} "
+            f"at epoch {result.fit.best_epoch}"
+        )
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = _command(
+        sub,
         "evaluate",
+        _cmd_evaluate,
         help="evaluate every model of a run directory on the test set; write the table",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(p)
     p.add_argument(
         "--seeds",
         type=int,
@@ -176,19 +265,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="seeds to evaluate (default: every seed<k> folder under --out)",
     )
 
-    p = sub.add_parser(
+
+def _cmd_evaluate(args: argparse.Namespace, cfg: Config, out: Path) -> int:
+    seeds = args.seeds
+    if seeds is None:
+        seeds = sorted(int(p.name[4:]) for p in out.glob("seed*") if p.name[4:].isdigit())
+    if not seeds:
+        return _error(f"no seed<k> folders under {out}")
+    save_config(cfg, out / "evaluate_config.json")
+    table, _ = pipeline.evaluate_run(cfg, out, seeds, progress=not args.no_progress)
+    print(table.markdown())
+    print(f"written: {out / 'results.json'}, {out / 'results.csv'}, {out / 'results.md'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _add_demo(sub) -> None:
+    p = _command(
+        sub,
         "demo",
+        _cmd_demo,
+        default_out="runs/demo",
         help="everything on a fresh synthetic dataset: data, stage 1, both stage-2 "
         "variants, baselines, evaluation, table and figures",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Generates the synthetic dataset under <out>/data (unless --data-root or "
         "data.root is given), then for seeds 0..N-1 runs stage 1, CSS-CCNN, CSS-CCNN++ and the "
         "labeled baselines, evaluates everything, prints the table and writes figures and "
         "demo_summary.json (wall time, and whether CSS-CCNN's MAE <= 0.8 x the best of CCNN Mean "
         "and CCNN P_prior with CCNN Random worse than both). --seed is not used: see --seeds.",
     )
-    _common(p, default_out="runs/demo")
     p.add_argument(
         "--seeds", type=int, default=3, help="independent runs (seeds 0..N-1; default 3)"
     )
@@ -198,6 +305,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ablation", action="store_true", help="also run the 'Without Stage 1' ablation"
     )
+
+
+def _cmd_demo(args: argparse.Namespace, cfg: Config, out: Path) -> int:
+    t0 = time.perf_counter()
+    run_demo(
+        cfg,
+        out if args.out else Path("runs") / "demo",
+        seeds=args.seeds,
+        supervised=not args.skip_supervised,
+        ablation=args.ablation,
+        progress=not args.no_progress,
+        data_root_given=cfg.data.root != DataConfig().root,  # default: <out>/data
+    )
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+_COMMANDS = (
+    _add_make_synthetic,
+    _add_stage1,
+    _add_stage2,
+    _add_baselines,
+    _add_evaluate,
+    _add_demo,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m examples.css_ccnn`` parser: one sub-command per step."""
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.css_ccnn",
+        description="CSS-CCNN (Babu Sam et al.): completely self-supervised crowd counting by "
+        "matching the distribution of predicted cell counts to a power-law prior with Sinkhorn "
+        "losses from sinkmatch.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+    for add in _COMMANDS:
+        add(sub)
     return parser
 
 
@@ -217,133 +366,14 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
     return cfg, out
 
 
-def _make_synthetic(cfg: Config, args: argparse.Namespace | None = None) -> Path:
-    from .data.synthetic import make_synthetic
-
-    d = cfg.data
-    num_train = getattr(args, "num_train", None) or d.synthetic_num_train
-    num_test = getattr(args, "num_test", None) or d.synthetic_num_test
-    size = getattr(args, "image_size", None) or d.synthetic_image_size
-    return make_synthetic(
-        d.root,
-        num_train=num_train,
-        num_test=num_test,
-        image_size=(size, size),
-        count_range=(d.synthetic_count_min, d.synthetic_count_max),
-        seed=d.synthetic_seed,
-        overwrite=bool(getattr(args, "overwrite", False)),
-    )
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, resolve the configuration and run the command; returns the exit code."""
     args = build_parser().parse_args(argv)
     cfg, out = resolve(args)
-    from .training import set_threads
-
     set_threads(cfg.threads)
-    progress = not args.no_progress
-    from . import pipeline
-
-    if args.command == "make-synthetic":
-        root = _make_synthetic(cfg, args)
-        print(f"synthetic dataset at {root}")
-        return 0
-    if args.command == "stage1":
-        from .stage1 import train_stage1
-
-        target = pipeline.seed_dir(out, cfg.seed) / "stage1"
-        result = train_stage1(
-            pipeline.open_train(cfg, labels=False), cfg, target, progress=progress
-        )
-        print(
-            f"stage 1: best validation rotation accuracy {result.best_accuracy:.3f} "
-            f"at epoch {result.fit.best_epoch}; checkpoint {result.best_path}"
-        )
-        return 0
-    if args.command == "stage2":
-        from .stage2 import train_stage2
-
-        sdir = pipeline.seed_dir(out, cfg.seed)
-        if args.no_stage1:
-            fen, target = None, sdir / "stage2_nostage1"
-        else:
-            fen = (
-                Path(args.stage1_checkpoint)
-                if args.stage1_checkpoint
-                else sdir / "stage1" / "best.pt"
-            )
-            if not fen.is_file():
-                print(
-                    f"error: stage-1 checkpoint {fen} not found (run 'stage1' first or pass "
-                    "--stage1-checkpoint)",
-                    file=sys.stderr,
-                )
-                return 2
-            target = sdir / f"stage2_{args.variant}"
-        result = train_stage2(
-            pipeline.open_train(cfg, labels=False),
-            cfg,
-            target,
-            fen_checkpoint=fen,
-            variant=args.variant,
-            progress=progress,
-        )
-        print(
-            f"stage 2 ({args.variant}): best validation Sinkhorn loss {result.fit.best_metric:.4g} "
-            f"at epoch {result.fit.best_epoch}; Cf_max {result.cf_max:g}, λ {result.prior_lambda:.4g}; "
-            f"checkpoint {result.best_path}"
-        )
-        return 0
-    if args.command == "baselines":
-        from .baselines import train_supervised
-
-        sdir = pipeline.seed_dir(out, cfg.seed)
-        labeled = pipeline.open_train(cfg, labels=True)
-        for mode in args.which:
-            fen = sdir / "stage1" / "best.pt" if mode == "ssl" else None
-            if fen is not None and not fen.is_file():
-                print(f"error: {fen} not found (run 'stage1' first)", file=sys.stderr)
-                return 2
-            result = train_supervised(
-                labeled,
-                cfg,
-                sdir / f"supervised_{mode}",
-                mode=mode,
-                fen_checkpoint=fen,
-                progress=progress,
-            )
-            print(
-                f"baseline {mode}: best validation MAE {result.fit.best_metric:.2f} at epoch {result.fit.best_epoch}"
-            )
-        return 0
-    if args.command == "evaluate":
-        seeds = args.seeds
-        if seeds is None:
-            seeds = sorted(int(p.name[4:]) for p in out.glob("seed*") if p.name[4:].isdigit())
-        if not seeds:
-            print(f"error: no seed<k> folders under {out}", file=sys.stderr)
-            return 2
-        save_config(cfg, out / "evaluate_config.json")
-        table, _ = pipeline.evaluate_run(cfg, out, seeds, progress=progress)
-        print(table.markdown())
-        print(f"written: {out / 'results.json'}, {out / 'results.csv'}, {out / 'results.md'}")
-        return 0
-    if args.command == "demo":
-        from .demo import run_demo
-
-        t0 = time.perf_counter()
-        from .config import DataConfig
-
-        root_given = cfg.data.root != DataConfig().root  # default: <out>/data
-        run_demo(
-            cfg,
-            out if args.out else Path("runs") / "demo",
-            seeds=args.seeds,
-            supervised=not args.skip_supervised,
-            ablation=args.ablation,
-            progress=progress,
-            data_root_given=root_given,
-        )
-        print(f"demo finished in {time.perf_counter() - t0:.0f} s")
-        return 0
-    raise AssertionError(args.command)  # argparse restricts commands
+    return args.func(args, cfg, out)

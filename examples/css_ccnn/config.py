@@ -9,12 +9,15 @@ order. Every run writes the resolved configuration next to its outputs (:func:`s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from .checkpoint import atomic_write_text
 
 __all__ = [
     "PRESETS",
@@ -88,7 +91,8 @@ class Stage1Config:
 
     Attributes:
         crop_size: random crop side; the network sees its rotated centre (``crop_size // 2``).
-        batch_size, epochs, lr, momentum, weight_decay, optimizer: optimisation (``sgd`` | ``adam``).
+        batch_size, epochs, lr, momentum, weight_decay, optimizer: optimisation
+            (``sgd`` | ``adam``).
         patience: stop when validation rotation accuracy has not improved for this many epochs.
         crops_per_image: random crops drawn from each training image per epoch.
         val_crops_per_image: fixed crop positions per validation image (each in every rotation).
@@ -393,8 +397,6 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
 
 def config_from_dict(values: dict[str, Any], *, base: Optional[Config] = None) -> Config:
     """Build a :class:`Config` from nested dicts (unknown keys and wrong types raise)."""
-    import copy
-
     cfg = copy.deepcopy(base) if base is not None else Config()
     _merge_into(cfg, values, "")
     return cfg
@@ -409,7 +411,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     elif path.suffix == ".toml":
         try:
-            import tomllib
+            import tomllib  # standard library from Python 3.11 on
         except ModuleNotFoundError as err:  # Python < 3.11
             raise ValueError("TOML config files need Python >= 3.11 (tomllib)") from err
         data = tomllib.loads(path.read_text())
@@ -511,6 +513,4 @@ def cell_size(cfg: Config) -> int:
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved configuration as JSON (atomically) and return its path."""
-    from .checkpoint import atomic_write_text
-
     return atomic_write_text(Path(path), json.dumps(config_to_dict(cfg), indent=2) + "\n")

@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_text
-from .data.datasets import CrowdDataset
+from .data.datasets import CrowdDataset, require_labeled
 from .data.transforms import resize_for_test
 
 __all__ = [
@@ -150,12 +151,7 @@ def evaluate(
     desc: str = "evaluate",
 ) -> EvalResult:
     """Evaluate ``predictor`` on a labeled test set (one prediction per full, resized image)."""
-    if not isinstance(dataset, CrowdDataset):
-        raise TypeError(f"dataset must be a CrowdDataset, got {type(dataset).__name__}")
-    if not dataset.labels:
-        raise ValueError("evaluation needs ground truth: open the test set with labels=True")
-    from tqdm.auto import tqdm
-
+    require_labeled(dataset, "evaluate (ground truth of the test set)")
     pred_counts, true_counts, paths = [], [], []
     games = {level: [] for level in range(game_levels + 1)}
     for sample in tqdm(dataset, desc=desc, disable=not progress, leave=False):

@@ -22,11 +22,14 @@ implementation never does.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from .checkpoint import load_checkpoint
 
 __all__ = [
     "CAFFE_MEANS",
@@ -35,6 +38,7 @@ __all__ = [
     "FENFeatures",
     "FeatureExtractor",
     "RotationHead",
+    "load_stage1_fen",
     "rotate_batch",
 ]
 
@@ -252,3 +256,24 @@ def rotate_batch(crops: Tensor, labels: Tensor, *, num_classes: int) -> Tensor:
             rotated = F.grid_sample(crop[None], grid, mode="bilinear", align_corners=False)[0]
         out.append(rotated[:, lo:hi, lo:hi])
     return torch.stack(out)
+
+
+def load_stage1_fen(model: CSSCCNN, path: str | Path) -> CSSCCNN:
+    """Copy the FEN weights and BatchNorm statistics of a stage-1 checkpoint into ``model``.
+
+    Args:
+        model (CSSCCNN): receives the FEN (its heads are left as they are).
+        path (str or Path): a checkpoint whose ``"model"`` state has ``fen.*`` keys.
+
+    Returns:
+        CSSCCNN: ``model``.
+
+    Raises:
+        ValueError: the checkpoint is missing or holds no FEN weights.
+    """
+    state = load_checkpoint(path)["model"]
+    fen_state = {k[len("fen.") :]: v for k, v in state.items() if k.startswith("fen.")}
+    if not fen_state:
+        raise ValueError(f"{str(path)!r} holds no FEN weights (keys 'fen.*')")
+    model.fen.load_state_dict(fen_state)
+    return model

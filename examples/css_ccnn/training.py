@@ -1,4 +1,10 @@
-"""The resumable epoch loop shared by stage 1, stage 2 and the labeled baselines.
+"""What every trainer shares: the run setup and the resumable epoch loop.
+
+Stage 1, stage 2 and the labeled baselines are written the same way (DM-Count's
+``Trainer.setup`` / ``train_epoch`` / ``val_epoch``): :func:`setup_run` builds a :class:`Run`
+(checked dataset, saved config, device, seeded model, optimizer, random generators, the
+train/validation image banks, checkpoint metadata), the trainer writes its ``train_epoch`` and
+``validate``, and :meth:`Run.fit` runs them.
 
 :func:`fit` runs ``train_epoch`` / ``validate`` per epoch, keeps the best weights (``best.pt``) by
 an :class:`~examples.css_ccnn.checkpoint.EarlyStopping` rule and writes ``last.pt`` atomically
@@ -12,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .checkpoint import (
     EarlyStopping,
@@ -29,8 +36,20 @@ from .checkpoint import (
     load_checkpoint,
     restore_rng,
 )
+from .config import Config, config_to_dict, save_config
+from .data.datasets import CrowdDataset, require_labeled, require_unlabeled
+from .model import CSSCCNN, load_stage1_fen
+from .prepare import ImageBank, split_train_val
 
-__all__ = ["FitResult", "fit", "make_optimizer", "resolve_device", "set_threads"]
+__all__ = [
+    "FitResult",
+    "Run",
+    "fit",
+    "make_optimizer",
+    "resolve_device",
+    "set_threads",
+    "setup_run",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,8 +179,6 @@ def fit(
         stopper.__dict__.update(EarlyStopping.from_state(state["stopper"]).__dict__)
         restore_rng(state["rng"], generator=generator, np_rng=np_rng)
         start, history, finished = state["epoch"], state["history"], state["finished"]
-    from tqdm.auto import tqdm
-
     bar = tqdm(
         total=epochs,
         initial=start,
@@ -216,4 +233,139 @@ def fit(
         finished=finished,
         history=history,
         best_path=best_path,
+    )
+
+
+@dataclass
+class Run:
+    """Everything a trainer needs, built once by :func:`setup_run`.
+
+    Attributes:
+        cfg: the resolved configuration; ``out_dir`` the run's folder (``config.json`` is there).
+        device: where the model lives.
+        model: the network (FEN loaded and frozen when the trainer asked for it).
+        optimizer: over the trainable parameters only.
+        generator, np_rng: the trainer's random streams (checkpointed, so resuming is exact).
+        train, val: the training images split off for training and for label-free validation,
+            resized for this stage's crops.
+        meta: stored in every checkpoint (``meta["config"]`` guards resumption).
+    """
+
+    cfg: Config
+    out_dir: Path
+    device: torch.device
+    model: CSSCCNN
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    np_rng: np.random.Generator
+    train: ImageBank
+    val: ImageBank
+    meta: dict
+
+    def fit(
+        self,
+        *,
+        epochs: int,
+        train_epoch: Callable[[int], dict],
+        validate: Callable[[int], float],
+        stopper: EarlyStopping,
+        desc: str,
+        stop_after: int | None = None,
+        progress: bool = True,
+    ) -> FitResult:
+        """:func:`fit` with this run's model, optimizer, generators, folder and metadata."""
+        return fit(
+            out_dir=self.out_dir,
+            model=self.model,
+            optimizer=self.optimizer,
+            epochs=epochs,
+            train_epoch=train_epoch,
+            validate=validate,
+            stopper=stopper,
+            generator=self.generator,
+            np_rng=self.np_rng,
+            desc=desc,
+            stop_after=stop_after,
+            progress=progress,
+            meta=self.meta,
+        )
+
+
+def setup_run(
+    dataset: CrowdDataset,
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    what: str,
+    labels: bool,
+    section: Any,
+    trainable: Callable[[CSSCCNN], Iterable[nn.Parameter]],
+    seed_offset: int,
+    fen_checkpoint: str | Path | None = None,
+    freeze_fen: bool = False,
+    meta: dict | None = None,
+) -> Run:
+    """The run setup shared by every trainer.
+
+    In this order (the order fixes the random streams, so it is part of what resuming relies
+    on): check the dataset (label-free trainers refuse labels, labeled baselines need them),
+    create ``out_dir`` and write ``config.json``, seed torch with ``cfg.seed`` and build the
+    model, load the stage-1 FEN, move to the device, freeze the FEN, build the optimizer, seed
+    the trainer's generators with ``cfg.seed + seed_offset``, split the training images into
+    train/validation (``data.split_seed``, the same for every stage) and resize them so that a
+    ``section.crop_size`` crop fits.
+
+    Args:
+        dataset: the training images.
+        cfg: the resolved configuration.
+        out_dir: the run's folder.
+        what: the trainer's name (error messages).
+        labels: ``False`` for label-free trainers (the dataset must have no labels), ``True``
+            for the labeled baselines (it must have them).
+        section: the trainer's config section (``optimizer``, ``lr``, ``crop_size``, ...).
+        trainable: which parameters of the model the optimizer updates.
+        seed_offset: added to ``cfg.seed`` for the trainer's own generators.
+        fen_checkpoint: a stage-1 checkpoint whose FEN is loaded (``None``: random FEN).
+        freeze_fen: freeze the FEN (weights and BatchNorm statistics).
+        meta: trainer-specific checkpoint metadata (``stage``, ``variant``, ...).
+    """
+    (require_labeled if labels else require_unlabeled)(dataset, what)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.json")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = CSSCCNN(width=cfg.model.width, rotations=cfg.model.rotations)
+    if fen_checkpoint is not None:
+        load_stage1_fen(model, fen_checkpoint)
+    model.to(device)
+    if freeze_fen:
+        model.freeze_fen()
+    optimizer = make_optimizer(trainable(model), section)
+    generator = torch.Generator().manual_seed(cfg.seed + seed_offset)
+    np_rng = np.random.default_rng(cfg.seed + seed_offset)
+    train_idx, val_idx = split_train_val(
+        len(dataset), cfg.data.val_fraction, seed=cfg.data.split_seed
+    )
+    sizes = dict(
+        min_side=max(cfg.data.min_side, section.crop_size),
+        max_side=cfg.data.max_side,
+        cache=cfg.data.cache_images,
+    )
+    return Run(
+        cfg=cfg,
+        out_dir=out_dir,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        generator=generator,
+        np_rng=np_rng,
+        train=ImageBank(dataset, train_idx, **sizes),
+        val=ImageBank(dataset, val_idx, **sizes),
+        meta={
+            **(meta or {}),
+            "width": cfg.model.width,
+            "rotations": cfg.model.rotations,
+            "config": config_to_dict(cfg),
+        },
     )

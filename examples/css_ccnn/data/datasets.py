@@ -51,6 +51,8 @@ __all__ = [
     "Sample",
     "open_dataset",
     "read_image",
+    "require_labeled",
+    "require_unlabeled",
 ]
 
 KINDS = ("shanghaitech", "qnrf", "jhu", "ucf_cc_50", "nwpu", "folder")
@@ -179,9 +181,9 @@ def read_image(path: PathLike) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB.
 
     Decoded with Pillow, which reports a truncated file (OpenCV 4 returns a partly gray image with
-    only a printed warning). Gray, palette, RGBA and CMYK images are converted to RGB. The pixels are
-    kept in their stored order: an EXIF orientation tag is not applied, matching annotations made
-    on the stored pixels (MATLAB's ``imread`` ignores it too).
+    only a printed warning). Gray, palette, RGBA and CMYK images are converted to RGB. The pixels
+    are kept in their stored order: an EXIF orientation tag is not applied, matching annotations
+    made on the stored pixels (MATLAB's ``imread`` ignores it too).
 
     Raises:
         DatasetError: the file is missing, unreadable, truncated or not a decodable 8-bit image.
@@ -437,8 +439,9 @@ def open_dataset(
             ``UCF-QNRF_ECCV18``, ``jhu_crowd_v2.0``, ``UCF_CC_50``, ``NWPU-Crowd``).
         kind (str): ``"shanghaitech" | "qnrf" | "jhu" | "ucf_cc_50" | "nwpu" | "folder"``.
         split (str): ``"train" | "test"`` (ShanghaiTech, UCF-QNRF, UCF-CC-50 with ``fold``),
-            ``"train" | "val" | "test"`` (JHU-CROWD++, NWPU-Crowd), ``"all"`` (UCF-CC-50, NWPU-Crowd:
-            every image). For ``"folder"`` the whole folder is the set: ``"train"`` or ``"all"``.
+            ``"train" | "val" | "test"`` (JHU-CROWD++, NWPU-Crowd), ``"all"`` (UCF-CC-50,
+            NWPU-Crowd: every image). For ``"folder"`` the whole folder is the set: ``"train"``
+            or ``"all"``.
         labels (bool): read annotations. Complete self-supervision trains with ``labels=False``;
             ``kind="folder"`` requires it.
         fold (int or None): UCF-CC-50 cross-validation fold, ``0 <= fold < num_folds``; fold
@@ -508,3 +511,45 @@ def open_dataset(
         _check_annotations(anns)
     name = f"{kind}/{split}" if fold is None else f"{kind}/{split}/fold{int(fold)}"
     return CrowdDataset(name, images, anns, reader)
+
+
+# ----------------------------------------------------------------------------------------------
+# the label-free guarantee
+
+
+def require_unlabeled(dataset: object, what: str) -> CrowdDataset:
+    """Refuse a dataset that carries labels: label-free training gets ``labels=False`` images.
+
+    Args:
+        dataset: what the caller received.
+        what (str): the caller's name, for the message.
+
+    Returns:
+        CrowdDataset: ``dataset``, checked.
+
+    Raises:
+        TypeError: ``dataset`` is not a :class:`CrowdDataset`.
+        ValueError: it was opened with ``labels=True``.
+    """
+    if not isinstance(dataset, CrowdDataset):
+        raise TypeError(f"{what} expects a CrowdDataset, got {type(dataset).__name__}")
+    if dataset.labels:
+        raise ValueError(
+            f"{what} is label-free: open the training images with open_dataset(..., labels=False) "
+            "(got a dataset with labels=True)"
+        )
+    return dataset
+
+
+def require_labeled(dataset: object, what: str) -> CrowdDataset:
+    """Refuse a dataset without labels (the labeled baselines and evaluation need them).
+
+    Raises:
+        TypeError: ``dataset`` is not a :class:`CrowdDataset`.
+        ValueError: it was opened with ``labels=False``.
+    """
+    if not isinstance(dataset, CrowdDataset):
+        raise TypeError(f"{what} expects a CrowdDataset, got {type(dataset).__name__}")
+    if not dataset.labels:
+        raise ValueError(f"{what} needs labels: open the dataset with labels=True")
+    return dataset

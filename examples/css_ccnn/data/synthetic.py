@@ -1,13 +1,14 @@
 """Synthetic crowd images in the ShanghaiTech layout, so that CSS-CCNN runs without downloads.
 
 Each image is a cluttered scene (a colour gradient with low-frequency texture, rectangles with
-window grids, lines, paving stripes, round objects: edges that are not people) with head-and-shoulder
-figures drawn far to near: a body blob in a clothing colour, an elliptical head in a skin tone and
-dark hair. Figures follow a perspective (people higher in the image are smaller, as seen by a camera
-above the ground plane) and are placed by a density field made of a few Gaussian clusters over a
-sparse background, so that per-cell counts are long tailed like the paper's Fig. 2 (many empty or
-sparse cells, a few very dense ones). Image counts are log-uniform over ``count_range``. The
-annotation is the head centre. See ``docs/synthetic_crowds.md`` for what these images are and are not.
+window grids, lines, paving stripes, round objects: edges that are not people) with
+head-and-shoulder figures drawn far to near: a body blob in a clothing colour, an elliptical head in
+a skin tone and dark hair. Figures follow a perspective (people higher in the image are smaller, as
+seen by a camera above the ground plane) and are placed by a density field made of a few Gaussian
+clusters over a sparse background, so that per-cell counts are long tailed like the paper's Fig. 2
+(many empty or sparse cells, a few very dense ones). Image counts are log-uniform over
+``count_range``. The annotation is the head centre. See ``docs/synthetic_crowds.md`` for what these
+images are and are not.
 
 Everything is deterministic given ``seed``: image ``i`` of a split draws from
 ``numpy.random.default_rng([seed, split, i])``, so changing ``num_train`` does not change the test
@@ -264,7 +265,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _shanghaitech_mat(points: np.ndarray) -> bytes:
-    """``GT_IMG_n.mat`` bytes: ``image_info{1}.location`` (1-based) and ``.number``, as MATLAB saves."""
+    """``GT_IMG_n.mat`` bytes: ``image_info{1}.location`` (1-based) and ``.number``, nested as
+    MATLAB saves them."""
     import scipy.io
 
     info = np.zeros((1, 1), dtype=[("location", "O"), ("number", "O")])
