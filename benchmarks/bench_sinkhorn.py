@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from sinkmatch.sinkhorn import sinkhorn
+from sinkmatch import sinkhorn
 
 
 def power_law_samples(

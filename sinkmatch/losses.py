@@ -70,7 +70,7 @@ def _reduce(values: Tensor, reduction: str) -> Tensor:
 
 
 def _solve(x: Tensor, y: Tensor, a: Tensor | None, b: Tensor | None, **kwargs: Any):
-    from sinkmatch.sinkhorn import sinkhorn  # the solver, imported on first use
+    from sinkmatch.solver import sinkhorn  # the solver, imported on first use
 
     return sinkhorn(x, y, a, b, **kwargs)
 

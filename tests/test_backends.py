@@ -201,7 +201,7 @@ def test_batched_mv_loop_and_trailing_padding():
 
 def test_solver_passes_valid_lengths_only_to_backends_that_declare_them():
     from sinkmatch.backends.dense import DenseSoftmin
-    from sinkmatch.sinkhorn import sinkhorn
+    from sinkmatch.solver import sinkhorn
 
     class Recording:  # not a DenseSoftmin: the solver's dense kernel fast path stays off
         name = "recording"

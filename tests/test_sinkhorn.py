@@ -7,7 +7,7 @@ import ot
 import pytest
 import torch
 
-from sinkmatch.sinkhorn import SinkhornResult, sinkhorn
+from sinkmatch.solver import SinkhornResult, sinkhorn
 
 F64 = torch.float64
 
@@ -202,7 +202,7 @@ def test_result_fields_and_helpers():
 
 
 def test_plan_refuses_huge_problems_unless_forced(monkeypatch):
-    import sinkmatch.sinkhorn as module
+    import sinkmatch.solver as module
 
     monkeypatch.setattr(module, "PLAN_MAX_ELEMENTS", 50)
     x = torch.randn(1, 9, 1)

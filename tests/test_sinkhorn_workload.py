@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sinkmatch.sinkhorn import sinkhorn
+from sinkmatch.solver import sinkhorn
 
 
 def _workload(n_pred, n_prior=1568, seed=0):

@@ -375,7 +375,7 @@ def _solver_case(seed=0):
 
 @pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean"])
 def test_solver_with_triton_backend_matches_dense_and_online(cost):
-    sinkhorn = pytest.importorskip("sinkmatch.sinkhorn").sinkhorn
+    sinkhorn = pytest.importorskip("sinkmatch.solver").sinkhorn
     x, y, a, b = _solver_case()
     results = {}
     backends = {"dense": "dense", "online": "online", "triton": TritonSoftmin(**BLOCKS)}
@@ -405,7 +405,7 @@ def test_solver_with_triton_backend_matches_dense_and_online(cost):
 
 
 def test_solver_backend_name_triton_resolves_to_kernel():
-    sinkhorn = pytest.importorskip("sinkmatch.sinkhorn").sinkhorn
+    sinkhorn = pytest.importorskip("sinkmatch.solver").sinkhorn
     from sinkmatch.backends import get_backend
     from sinkmatch.costs import get_cost
 

@@ -8,7 +8,7 @@ The whole of log-domain Sinkhorn reduces to one streaming reduction, the soft-mi
         = -\\varepsilon \\log \\sum_j \\exp\\big(h_j - C(x_i, y_j) / \\varepsilon\\big),
 
 with :math:`h_j = \\log b_j + g_j / \\varepsilon` (``-inf`` for padding). Dense, online (blocked)
-and Triton backends implement it; the loop in :mod:`sinkmatch.sinkhorn` is written once.
+and Triton backends implement it; the loop in :mod:`sinkmatch.solver` is written once.
 """
 
 from __future__ import annotations
