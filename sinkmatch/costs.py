@@ -27,11 +27,11 @@ from typing import Callable, Union
 import torch
 from torch import Tensor
 
-__all__ = ["CallableCost", "Cost", "Euclidean", "SqEuclidean", "get_cost"]
+__all__ = ["DIRECT_MAX_DIM", "CallableCost", "Cost", "Euclidean", "SqEuclidean", "get_cost"]
 
 # Up to this dimension the squared distance is summed coordinate by coordinate (exact, no
 # cancellation); above it the expansion |x|^2 + |y|^2 - 2<x, y> (one matmul) is used.
-_DIRECT_MAX_DIM = 4
+DIRECT_MAX_DIM = 4
 
 
 class Cost:
@@ -99,7 +99,7 @@ def _bbox_sq_extent(x: Tensor, y: Tensor) -> Tensor:
 def _sq_distances(x: Tensor, y: Tensor) -> Tensor:
     """Squared Euclidean distances (B, N, M), exact for small D, one matmul for large D."""
     d = x.shape[-1]
-    if d <= _DIRECT_MAX_DIM:
+    if d <= DIRECT_MAX_DIM:
         out = None
         for k in range(d):
             diff = x[..., k, None] - y[..., None, :, k]

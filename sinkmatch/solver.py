@@ -45,9 +45,7 @@ from sinkmatch._checks import (
     check_same_device,
     compute_dtype,
 )
-from sinkmatch.backends import SoftminBackend, get_backend
-from sinkmatch.backends.dense import DenseSoftmin, PrecomputedCost, StabilizedKernel
-from sinkmatch.backends.online import plan_expected_cost, plan_matmul, tiled_logsumexp
+from sinkmatch.backends import Geometry, Problem, SoftminBackend, get_backend, prepare
 from sinkmatch.costs import Cost, get_cost
 
 __all__ = ["SinkhornResult", "sinkhorn"]
@@ -108,11 +106,8 @@ class SinkhornResult:
     converged: Tensor
     marginal_error: Tensor
     eps: float
-    _x: Tensor = field(repr=False)
-    _y: Tensor = field(repr=False)
-    _log_a: Tensor = field(repr=False)
-    _log_b: Tensor = field(repr=False)
-    _cost: Cost = field(repr=False)
+    problem: Problem = field(repr=False)
+    backend: SoftminBackend = field(repr=False)
 
     def plan(self, *, force: bool = False) -> Tensor:
         """The transport plan :math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\\varepsilon}`.
@@ -126,22 +121,14 @@ class SinkhornResult:
         Raises:
             ValueError: ``B·N·M > 2^26`` and not ``force``.
         """
-        x, y = self._x, self._y
+        x, y = self.problem.x, self.problem.y
         size = x.shape[0] * x.shape[1] * y.shape[1]
         if size > PLAN_MAX_ELEMENTS and not force:
             raise ValueError(
                 f"plan() would build a {x.shape[0]}x{x.shape[1]}x{y.shape[1]} tensor ({size} entries "
                 f"> {PLAN_MAX_ELEMENTS}); pass force=True, or use barycentric_map() which streams"
             )
-        with torch.no_grad():
-            c = self._cost.matrix(x, y)
-            f, g = self.f.detach(), self.g.detach()
-            logp = (
-                self._log_a[:, :, None]
-                + self._log_b[:, None, :]
-                + (f[:, :, None] + g[:, None, :] - c) / self.eps
-            )
-            return logp.exp()
+        return prepare(self.backend, self.problem).plan(self.f, self.g, self.eps)
 
     def barycentric_map(self) -> Tensor:
         """Barycentric projection :math:`T(x_i) = \\sum_j P_{ij} y_j / \\sum_j P_{ij}`.
@@ -151,21 +138,7 @@ class SinkhornResult:
         Returns:
             (B, N, D) Tensor: The image of every ``x_i`` (detached).
         """
-        with torch.no_grad():
-            h = self._log_b + self.g.detach() / self.eps
-            return plan_matmul(self.eps, self._x, self._y, h, self._cost, self._y)
-
-
-def _safe_log(w: Tensor) -> Tensor:
-    """``log w`` with ``-inf`` (and a zero gradient) where ``w == 0``."""
-    pos = w > 0
-    return torch.where(pos, torch.log(torch.where(pos, w, torch.ones_like(w))), -math.inf)
-
-
-def _valid_length(w: Tensor) -> Tensor:
-    """One past the last positive weight per problem, (B,) int32 (computed on the device)."""
-    idx = torch.arange(1, w.shape[1] + 1, device=w.device, dtype=torch.int32)
-    return torch.where(w > 0, idx, torch.zeros_like(idx)).amax(dim=1).to(torch.int32)
+        return prepare(self.backend, self.problem).barycentric_map(self.g, self.eps)
 
 
 def _marginal_error(a: Tensor, f_old: Tensor, f_new: Tensor, eps: float) -> Tensor:
@@ -176,100 +149,6 @@ def _marginal_error(a: Tensor, f_old: Tensor, f_new: Tensor, eps: float) -> Tens
     """
     ratio = torch.exp((f_old - f_new) / eps)
     return torch.where(a > 0, a * (1.0 - ratio).abs(), 0.0).sum(-1)
-
-
-class _Problem:
-    """One OT problem in the solver's internal form: points, log-weights, cost, backend."""
-
-    def __init__(self, x, y, a, b, cost: Cost, backend: SoftminBackend, symmetric: bool):
-        self.x, self.y, self.a, self.b = x, y, a, b
-        self.log_a, self.log_b = _safe_log(a), _safe_log(b)
-        self.cost, self.backend, self.symmetric = cost, backend, symmetric
-        self.cost_xy = self.cost_yx = cost
-        self.use_kernel, self.kernel, self.matrix = False, None, None
-        # Backends that declare supports_valid_lengths (Triton) skip trailing padding in the
-        # loop: rows/columns after the last positive weight (the returned potentials come from
-        # the final step, which computes every row).
-        self.lengths_x = self.lengths_y = None
-        if getattr(backend, "supports_valid_lengths", False):
-            self.lengths_x = {"n_valid": _valid_length(a), "m_valid": _valid_length(b)}
-            self.lengths_y = {
-                "n_valid": self.lengths_x["m_valid"],
-                "m_valid": self.lengths_x["n_valid"],
-            }
-
-    def precompute(self, *, kernel: bool) -> None:
-        """Cache the cost matrix for the loop when the backend is dense.
-
-        With ``kernel=True`` (no graph, no fixed mode) the half steps use a
-        :class:`~sinkmatch.backends.dense.StabilizedKernel` (one matrix-vector product each),
-        rebuilt at every new ε and whenever it reports an unsafe row; the log-domain softmin
-        remains the fallback.
-        """
-        self.kernel = None
-        if isinstance(self.backend, DenseSoftmin):
-            c = self.cost.matrix(self.x, self.y)
-            self.cost_xy = PrecomputedCost(c, self.cost)
-            self.cost_yx = (
-                self.cost_xy if self.symmetric else PrecomputedCost(c.transpose(1, 2), self.cost)
-            )
-            self.use_kernel = kernel
-            self.matrix = c
-
-    def release(self) -> None:
-        self.cost_xy = self.cost_yx = self.cost
-        self.kernel = self.matrix = None
-        self.use_kernel = False
-
-    def _kernel_step(self, eps: float, h: Tensor, *, rows: bool, f=None, g=None) -> Tensor | None:
-        if not self.use_kernel:
-            return None
-        if self.kernel is None or self.kernel.eps != eps:
-            self.kernel = StabilizedKernel(self.matrix, eps, self.a > 0, self.b > 0)
-            self.kernel.rebuild(f=f, g=g)
-        out = self.kernel.rows(h) if rows else self.kernel.cols(h)
-        if out is None:  # potentials drifted from the references: absorb them and retry
-            self.kernel.rebuild(f=f, g=g)
-            out = self.kernel.rows(h) if rows else self.kernel.cols(h)
-        return out
-
-    def final_step(self, g: Tensor, eps: float) -> Tensor:
-        """The differentiable f-update ``T_x(g)`` that ends a solve; releases the loop caches.
-
-        Uses the stabilized kernel's matrix-vector backward when it is valid at this ε (dense
-        backend, squared cost, envelope mode), else the backend's softmin.
-        """
-        out = None
-        kern = self.kernel
-        if kern is not None and kern.eps == eps and self.cost.name == "sqeuclidean":
-            out = kern.rows_sqeuclidean(self.x, self.y, self.log_b + g / eps)
-        self.release()
-        if out is None:
-            out = self.t_x(g, eps, loop=False)
-        return out
-
-    def t_x(self, g: Tensor, eps: float, *, loop: bool = True) -> Tensor:
-        """f-update: softmin over the columns, (B, N)."""
-        h = self.log_b + g / eps
-        if loop:
-            out = self._kernel_step(eps, h, rows=True, g=g)
-            if out is not None:
-                return out
-        if not loop:
-            return self.backend.softmin(eps, self.x, self.y, h, self.cost)
-        if self.lengths_x is not None:
-            return self.backend.softmin(eps, self.x, self.y, h, self.cost_xy, **self.lengths_x)
-        return self.backend.softmin(eps, self.x, self.y, h, self.cost_xy)
-
-    def t_y(self, f: Tensor, eps: float) -> Tensor:
-        """g-update: softmin over the rows, (B, M)."""
-        h = self.log_a + f / eps
-        out = self._kernel_step(eps, h, rows=False, f=f)
-        if out is not None:
-            return out
-        if self.lengths_y is not None:
-            return self.backend.softmin(eps, self.y, self.x, h, self.cost_yx, **self.lengths_y)
-        return self.backend.softmin(eps, self.y, self.x, h, self.cost_yx)
 
 
 def _levels(eps: float, eps_start: float | None, factor: float | None) -> list[float]:
@@ -284,7 +163,7 @@ def _levels(eps: float, eps_start: float | None, factor: float | None) -> list[f
 
 
 def _extrapolate(
-    prob: _Problem, g: Tensor, d: Tensor, t: Tensor, eps: float, active: Tensor, *, max_trials: int
+    geom: Geometry, g: Tensor, d: Tensor, t: Tensor, eps: float, active: Tensor, *, max_trials: int
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Step ``g + beta d`` along the last check period's change ``d`` (a line search).
 
@@ -307,10 +186,11 @@ def _extrapolate(
 
     def slope(beta: Tensor) -> tuple[Tensor, Tensor]:
         g_new = g + beta[:, None] * d
-        t_new = prob.t_x(g_new, eps)
-        g_col = prob.t_y(t_new, eps)
-        col = torch.where(prob.b > 0, prob.b * torch.exp((g_new - g_col) / eps), 0.0)
-        return ((prob.b - col) * d).sum(-1), t_new
+        t_new = geom.f_update(g_new, eps)
+        g_col = geom.g_update(t_new, eps)
+        b = geom.problem.b
+        col = torch.where(b > 0, b * torch.exp((g_new - g_col) / eps), 0.0)
+        return ((b - col) * d).sum(-1), t_new
 
     zero = torch.zeros(d.shape[0], dtype=d.dtype, device=d.device)
     lo, hi = zero.clone(), torch.full_like(zero, math.inf)
@@ -357,7 +237,7 @@ def _weight(w: float | Tensor) -> float | Tensor:
 
 
 def _iterate(
-    prob: _Problem,
+    geom: Geometry,
     f: Tensor,
     g: Tensor,
     levels: list[float],
@@ -391,6 +271,7 @@ def _iterate(
     ]
     plan.append((levels[-1], None, tol, check_every))
     n_iter = 0
+    prob = geom.problem
     check_from = 0 if prob.symmetric else 1  # the first probe at a new level is not a check
     for k, (e, n_max, level_tol, period) in enumerate(plan):
         final = k == len(plan) - 1
@@ -406,7 +287,7 @@ def _iterate(
         i = -1
         while i + 1 < n_max:
             i += 1
-            t = prob.t_x(f if prob.symmetric else g, e)
+            t = geom.f_update(f if prob.symmetric else g, e)
             if not fixed and i >= check_from and (i - check_from) % period == 0:
                 err = (2.0 if prob.symmetric else 1.0) * _marginal_error(prob.a, f, t, e).detach()
                 if bool((err < level_tol).all()):
@@ -418,7 +299,7 @@ def _iterate(
                         stalled = (err > _STALL_RATIO * err_check) & (next_try <= n_check)
                         if bool(stalled.any()):
                             g, t, restart, used = _extrapolate(
-                                prob, g, g - g_check, t, e, stalled, max_trials=trials
+                                geom, g, g - g_check, t, e, stalled, max_trials=trials
                             )
                             n_iter, n_max = n_iter + used, n_max - used  # trials count
                             # back off after a failed search
@@ -442,14 +323,14 @@ def _iterate(
             restart_now = False
             plain_f = isinstance(w, float) and w == 1.0
             f = t if plain_f else torch.lerp(f, t, _weight(w))
-            t_g = prob.t_y(f, e)
+            t_g = geom.g_update(f, e)
             next_is_check = not fixed and (i + 1 - check_from) % period == 0
             plain = plain_f or next_is_check or (final and i == n_max - 1)
             g = t_g if plain else torch.lerp(g, t_g, _weight(w))
     return f, g, n_iter
 
 
-def _exact1d_init(prob: _Problem) -> tuple[Tensor, Tensor]:
+def _exact1d_init(prob: Problem) -> tuple[Tensor, Tensor]:
     if prob.x.shape[-1] != 1 or prob.cost.power is None:
         raise ValueError(
             "init='exact1d' needs 1-D points and a named cost, got "
@@ -503,7 +384,7 @@ def _check_init(init: Any, batch: int, n: int, m: int, like: Tensor, check_value
 
 
 def _solve(
-    prob: _Problem,
+    geom: Geometry,
     *,
     eps: float,
     levels: list[float],
@@ -516,6 +397,7 @@ def _solve(
     check_values: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     """Run one problem; returns (regularized value, f, g, marginal error, n_iter)."""
+    prob = geom.problem
     batch, n, m = prob.x.shape[0], prob.x.shape[1], prob.y.shape[1]
     context = torch.no_grad() if grad == "envelope" else contextlib.nullcontext()
     with context:
@@ -532,45 +414,30 @@ def _solve(
             f, g = _check_init(init, batch, n, m, prob.x, check_values)
         if prob.symmetric:
             g = f
-        prob.precompute(kernel=grad == "envelope" and not fixed)
         f, g, n_iter = _iterate(
-            prob, f, g, levels, tol=tol, max_iter=max_iter, check_every=check_every, fixed=fixed
+            geom, f, g, levels, tol=tol, max_iter=max_iter, check_every=check_every, fixed=fixed
         )
-        if (
-            prob.lengths_y is not None
-            and not prob.symmetric
-            and (fixed or bool((prob.lengths_y["n_valid"] < prob.y.shape[1]).any()))
-        ):
-            # the loop skipped padded rows of g; the last update is plain, g = T_y(f): redo it
-            # on every row so that g is the potential at zero-weight points too
-            g = prob.backend.softmin(eps, prob.y, prob.x, prob.log_a + f / eps, prob.cost)
+        g = geom.complete_g(f, g, eps)
     if grad == "envelope":
         f, g = f.detach(), g.detach()
     # One differentiable step on the last potentials (on detached ones for "envelope"): by the
     # envelope theorem the semi-dual <a, T(g)> + <b, g> has the gradient of OT_eps at convergence.
     if prob.symmetric:
-        t = prob.final_step(f, eps)
+        t = geom.final_f(f, eps)
         value = (prob.a * (t + f)).sum(-1)
         err = 2.0 * _marginal_error(prob.a, f.detach(), t.detach(), eps)
         return value, t, t, err, n_iter
-    t = prob.final_step(g, eps)
+    t = geom.final_f(g, eps)
     value = (prob.a * t).sum(-1) + (prob.b * g).sum(-1)
     err = _marginal_error(prob.a, f.detach(), t.detach(), eps)  # columns exact: last g-update plain
     return value, t, g, err, n_iter
 
 
-def _transport_value(prob: _Problem, reg_value: Tensor, g: Tensor, eps: float, grad: str) -> Tensor:
+def _transport_value(geom: Geometry, reg_value: Tensor, g: Tensor, eps: float, grad: str) -> Tensor:
     """<P, C> for the plan with exact rows built from g."""
     if grad == "autodiff":
-        c = prob.cost.matrix(prob.x, prob.y)
-        pi = torch.softmax((prob.log_b + g / eps)[:, None, :] - c / eps, dim=2)
-        return (prob.a * (pi * c).sum(2)).sum(-1)
-    with torch.no_grad():
-        h = prob.log_b + g.detach() / eps
-        lse = tiled_logsumexp(eps, prob.x, prob.y, h, prob.cost)
-        transport = (prob.a * plan_expected_cost(eps, prob.x, prob.y, h, prob.cost, lse=lse)).sum(
-            -1
-        )
+        return geom.transport_cost(g, eps, differentiable=True)
+    transport = geom.transport_cost(g, eps)
     # Value <P, C>; gradient of OT_eps (the plan held fixed), see the docstring of sinkhorn().
     return reg_value + (transport - reg_value).detach()
 
@@ -738,8 +605,7 @@ def sinkhorn(
         b, "b", batch=batch, n_points=m, dtype=xb.dtype, device=xb.device, check_values=check_values
     )
     backend_obj = get_backend(backend, x=xb, y=yb, cost=cost_obj)
-    if cost_obj.name is None and not isinstance(backend_obj, DenseSoftmin):
-        raise ValueError(f"a callable cost needs backend='dense', got backend {backend_obj!r}")
+    modes = dict(differentiable_loop=grad == "autodiff", allow_sync=not fixed_iterations)
 
     if eps_scaling is None:
         start = None
@@ -762,15 +628,16 @@ def sinkhorn(
         check_values=check_values,
     )
 
-    prob = _Problem(xb, yb, an, bn, cost_obj, backend_obj, symmetric=False)
-    reg, f, g, err, n_iter = _solve(prob, init=init, **opts)
+    problem = Problem(xb, yb, an, bn, cost_obj)
+    geom = prepare(backend_obj, problem, **modes)
+    reg, f, g, err, n_iter = _solve(geom, init=init, **opts)
     if value == "regularized":
         out = reg
     elif value == "transport":
-        out = _transport_value(prob, reg, g, eps, grad)
+        out = _transport_value(geom, reg, g, eps, grad)
     else:
-        self_x = _Problem(xb, xb, an, an, cost_obj, backend_obj, symmetric=True)
-        self_y = _Problem(yb, yb, bn, bn, cost_obj, backend_obj, symmetric=True)
+        self_x = prepare(backend_obj, Problem(xb, xb, an, an, cost_obj, symmetric=True), **modes)
+        self_y = prepare(backend_obj, Problem(yb, yb, bn, bn, cost_obj, symmetric=True), **modes)
         reg_x, _, _, err_x, _ = _solve(self_x, init=None, **opts)
         reg_y, _, _, err_y, _ = _solve(self_y, init=None, **opts)
         out = reg - 0.5 * (reg_x + reg_y)
@@ -799,9 +666,6 @@ def sinkhorn(
         converged=converged,
         marginal_error=err,
         eps=eps,
-        _x=xb,
-        _y=yb,
-        _log_a=prob.log_a.detach(),
-        _log_b=prob.log_b.detach(),
-        _cost=cost_obj,
+        problem=problem.detach(),
+        backend=backend_obj,
     )

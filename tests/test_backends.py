@@ -12,13 +12,9 @@ import torch
 
 from sinkmatch.backends import SoftminBackend, get_backend
 from sinkmatch.backends.dense import DenseSoftmin
-from sinkmatch.backends.online import (
-    OnlineSoftmin,
-    plan_expected_cost,
-    plan_matmul,
-    tiled_logsumexp,
-)
+from sinkmatch.backends.online import OnlineSoftmin
 from sinkmatch.costs import get_cost
+from sinkmatch.plan import plan_expected_cost, plan_matmul, tiled_logsumexp
 
 
 def _data(b=2, n=9, m=7, d=2, seed=0, pad=True):

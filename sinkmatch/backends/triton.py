@@ -60,6 +60,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, cast
 import torch
 from torch import Tensor
 
+from sinkmatch.backends.base import Backend, last_positive
+
 if TYPE_CHECKING:
     from types import ModuleType
 
@@ -418,12 +420,6 @@ def _lengths(lengths: Tensor | None, name: str, b: int, full: int, device: torch
     return lengths.to(device=device, dtype=torch.int32).clamp(0, full).contiguous()
 
 
-def _last_finite(h: Tensor) -> Tensor:
-    """One past the last column with ``h != -inf`` per problem (NaN counts), (B,) int32."""
-    idx = torch.arange(1, h.shape[1] + 1, device=h.device, dtype=torch.int32)
-    return torch.where(h != -math.inf, idx, torch.zeros_like(idx)).amax(dim=1).to(torch.int32)
-
-
 def triton_softmin(
     eps: float,
     x: Tensor,
@@ -485,7 +481,7 @@ def triton_softmin(
     if m == 0:
         return torch.full((b, n), math.inf, dtype=acc, device=x.device)
     if m_valid is None:
-        mv = _last_finite(h)
+        mv = last_positive(h != -math.inf)  # NaN is not padding
     cfg = _Launch(eps, euclid, block_n, block_m, num_warps, interpret)
     x, y, h = x.contiguous(), y.contiguous(), h.contiguous()
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad or h.requires_grad):
@@ -494,7 +490,7 @@ def triton_softmin(
     return out
 
 
-class TritonSoftmin:
+class TritonSoftmin(Backend):
     """The ``"triton"`` soft-min backend (see :mod:`sinkmatch.backends.triton`).
 
     Args:
@@ -508,7 +504,7 @@ class TritonSoftmin:
     """
 
     name: ClassVar[str] = "triton"
-    # The solver passes n_valid/m_valid (trailing padding skipped) to backends declaring this.
+    # the loop's half steps pass n_valid/m_valid: trailing padding is skipped
     supports_valid_lengths: ClassVar[bool] = True
 
     def __init__(self, *, block_n: int = 64, block_m: int = 32, num_warps: int = 4):
