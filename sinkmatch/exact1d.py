@@ -31,14 +31,19 @@ Example:
 
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from sinkmatch._checks import as_weights, check_finite, check_same_device, compute_dtype
+from sinkmatch._checks import (
+    as_weights,
+    check_choice,
+    check_finite,
+    check_real,
+    check_same_device,
+    compute_dtype,
+)
 
 __all__ = ["DualPotentials", "exact_1d_potentials", "wasserstein_1d"]
 
@@ -55,15 +60,6 @@ class DualPotentials(NamedTuple):
 
     f: Tensor
     g: Tensor
-
-
-def _check_p(p: object) -> float:
-    if isinstance(p, bool) or not isinstance(p, Real):
-        raise TypeError(f"p must be a real number >= 1, got {type(p).__name__} {p!r}")
-    value = float(p)
-    if not math.isfinite(value) or value < 1:
-        raise ValueError(f"p must be finite and >= 1 (|x - y|^p is then convex), got {p!r}")
-    return value
 
 
 def _as_line_points(x: object, name: str) -> tuple[Tensor, bool]:
@@ -85,7 +81,7 @@ def _as_line_points(x: object, name: str) -> tuple[Tensor, bool]:
         )
     if out.shape[-1] == 0:
         raise ValueError(f"{name} must hold at least one point, got shape {tuple(x.shape)}")
-    check_finite(out, name)
+    check_finite(name, out)
     return out, batched
 
 
@@ -176,7 +172,7 @@ def wasserstein_1d(
         >>> wasserstein_1d(x, x + 0.5, p=1)
         tensor([0.5000])
     """
-    p = _check_p(p)
+    p = check_real("p", p, ge=1)  # |x - y|^p is then convex
     xs, ys, a_s, b_s, _, _, batched = _prepare(x, y, a, b)
     n, m = xs.shape[-1], ys.shape[-1]
     cu = torch.cumsum(a_s, dim=-1)
@@ -320,9 +316,8 @@ def exact_1d_potentials(
         >>> float((f.mean() + g.mean()) - wasserstein_1d(x, y))  # tight
         0.0
     """
-    p = _check_p(p)
-    if ties not in _TIES:
-        raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
+    p = check_real("p", p, ge=1)  # |x - y|^p is then convex
+    check_choice("ties", ties, _TIES)
     xs, ys, a_s, b_s, ix, iy, batched = _prepare(x, y, a, b)
     cu = torch.cumsum(a_s, dim=-1)
     cv = torch.cumsum(b_s, dim=-1)

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from numbers import Real
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from sinkmatch._checks import check_finite
+from sinkmatch._checks import check_choice, check_finite, check_int, check_positive_int, check_real
 
 __all__ = ["PackedGroups", "PercentileSplit", "pack_groups", "percentile_split"]
 
@@ -128,10 +127,9 @@ def _check_ids(groups: object, n: int, num_groups: int | None) -> tuple[Tensor, 
     if n and int(ids.min()) < 0:
         raise ValueError(f"groups must be >= 0, got min {int(ids.min())}")
     largest = int(ids.max()) if n else -1
+    num_groups = check_int("num_groups", num_groups, ge=0, none_ok=True)
     if num_groups is None:
         num_groups = largest + 1
-    elif isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 0:
-        raise ValueError(f"num_groups must be a nonnegative int or None, got {num_groups!r}")
     elif largest >= num_groups:
         raise ValueError(f"groups must be < num_groups={num_groups}, got max {largest}")
     return ids, num_groups
@@ -227,7 +225,7 @@ def pack_groups(
             w = torch.cat(list(weights))
 
     n, dim = x.shape
-    check_finite(x, "values")
+    check_finite("values", x)
     if w is not None:
         if w.shape != (n,):
             raise ValueError(f"weights must have shape ({n},), got {tuple(w.shape)}")
@@ -235,7 +233,7 @@ def pack_groups(
             raise TypeError(f"weights must have a floating dtype, got dtype={w.dtype}")
         if w.device != x.device:
             raise ValueError(f"weights must be on the values' device {x.device}, got {w.device}")
-        check_finite(w, "weights")
+        check_finite("weights", w)
         if n and bool((w < 0).any()):
             raise ValueError(f"weights must be nonnegative, got min {float(w.min())}")
 
@@ -371,23 +369,14 @@ def percentile_split(
         raise ValueError("pred must hold at least one prediction, got an empty tensor")
     if target.ndim != 1 or target.shape[0] == 0:
         raise ValueError(f"target must have shape (M,) with M >= 1, got {tuple(target.shape)}")
-    if isinstance(q, bool) or not isinstance(q, Real) or not 0.0 < float(q) < 1.0:
-        raise ValueError(f"q must be a float in the open interval (0, 1), got {q!r}")
-    if (
-        isinstance(min_group_size, bool)
-        or not isinstance(min_group_size, int)
-        or min_group_size < 1
-    ):
-        raise ValueError(f"min_group_size must be an int >= 1, got {min_group_size!r}")
-    if ties not in _TIES:
-        raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    q = float(q)
+    q = check_real("q", q, gt=0, lt=1)
+    check_positive_int("min_group_size", min_group_size)
+    check_choice("ties", ties, _TIES)
+    check_choice("mode", mode, _MODES)
     score = score.detach().reshape(-1)
     target = target.detach()
-    check_finite(score, "score")
-    check_finite(target, "target")
+    check_finite("score", score)
+    check_finite("target", target)
     n, m = score.shape[0], target.shape[0]
 
     if mode == "legacy":
@@ -399,7 +388,7 @@ def percentile_split(
             if pred.dtype == torch.bool or pred.is_complex():
                 raise TypeError(f"pred must be real-valued for ties='pred', got dtype={pred.dtype}")
             tie_key = pred.detach().reshape(-1)
-            check_finite(tie_key, "pred")
+            check_finite("pred", tie_key)
         elif ties == "random":
             gen_device = generator.device if generator is not None else score.device
             tie_key = torch.randperm(n, generator=generator, device=gen_device).to(score.device)

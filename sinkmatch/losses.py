@@ -23,16 +23,16 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from numbers import Real
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from sinkmatch._checks import check_choice, check_positive_int, check_real, compute_dtype
 from sinkmatch.exact1d import wasserstein_1d
 from sinkmatch.grouping import pack_groups, percentile_split
+from sinkmatch.solver import VALUES, sinkhorn
 
 __all__ = [
     "DistributionMatchingLoss",
@@ -46,19 +46,14 @@ __all__ = [
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
-_VALUES = ("regularized", "transport", "divergence")
 
 
 def _check_reduction(reduction: object) -> str:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    return reduction  # type: ignore[return-value]
+    return check_choice("reduction", reduction, _REDUCTIONS)
 
 
 def _check_value(value: object) -> str:
-    if value not in _VALUES:
-        raise ValueError(f"value must be one of {_VALUES}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return check_choice("value", value, VALUES)
 
 
 def _reduce(values: Tensor, reduction: str) -> Tensor:
@@ -67,12 +62,6 @@ def _reduce(values: Tensor, reduction: str) -> Tensor:
     if reduction == "sum":
         return values.sum()
     return values
-
-
-def _solve(x: Tensor, y: Tensor, a: Tensor | None, b: Tensor | None, **kwargs: Any):
-    from sinkmatch.solver import sinkhorn  # the solver, imported on first use
-
-    return sinkhorn(x, y, a, b, **kwargs)
 
 
 # --------------------------------------------------------------------------- plain
@@ -121,7 +110,7 @@ def sinkhorn_loss(
     """
     _check_reduction(reduction)
     _check_value(value)
-    return _reduce(_solve(x, y, a, b, eps=eps, value=value, **solver_kwargs).value, reduction)
+    return _reduce(sinkhorn(x, y, a, b, eps=eps, value=value, **solver_kwargs).value, reduction)
 
 
 def _store_solver_settings(
@@ -280,9 +269,7 @@ def grouped_sinkhorn_loss(
         )
     n_groups = px.points.shape[0]
     valid = px.nonempty & py.nonempty
-    dtype = torch.promote_types(px.points.dtype, py.points.dtype)
-    if dtype in (torch.float16, torch.bfloat16):
-        dtype = torch.float32
+    dtype = compute_dtype(px.points, py.points)
     # zeros that stay on the graph (0 * finite points, summed: exactly 0, never inf or NaN), so
     # that backward() works even when no group is solved
     values = ((px.points * 0).sum() + (py.points * 0).sum()).to(dtype) + px.points.new_zeros(
@@ -296,7 +283,7 @@ def grouped_sinkhorn_loss(
             keep = valid.nonzero().flatten()
             sx, sy = px.points[keep], py.points[keep]
             wa, wb = px.weights[keep], py.weights[keep]
-        res = _solve(sx, sy, wa, wb, eps=eps, value=value, **solver_kwargs)
+        res = sinkhorn(sx, sy, wa, wb, eps=eps, value=value, **solver_kwargs)
         solved = res.value.to(dtype)
         values = solved if keep is None else values.index_put((keep,), solved)
     return _reduce(values, reduction)
@@ -358,18 +345,10 @@ def _target_size(n: int, num_samples: object, samples_per_prediction: object) ->
             f"num_samples={num_samples!r} and samples_per_prediction={samples_per_prediction!r}"
         )
     if num_samples is not None:
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-        return num_samples
+        return check_positive_int("num_samples", num_samples)
     if samples_per_prediction is not None:
-        ratio = samples_per_prediction
-        if (
-            isinstance(ratio, bool)
-            or not isinstance(ratio, Real)
-            or not (math.isfinite(float(ratio)) and float(ratio) > 0)
-        ):
-            raise ValueError(f"samples_per_prediction must be a float > 0, got {ratio!r}")
-        return max(1, round(float(ratio) * n))
+        ratio = check_real("samples_per_prediction", samples_per_prediction, gt=0)
+        return max(1, round(ratio * n))
     return n
 
 
@@ -484,10 +463,9 @@ def distribution_matching_loss(
             "CSS-CCNN++ needs both score= and split_q=; got "
             f"score={'a Tensor' if score is not None else None} and split_q={split_q!r}"
         )
-    if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(float(scale)):
-        raise ValueError(f"scale must be a finite float, got {scale!r}")
+    scale = check_real("scale", scale)
     flat = pred.reshape(-1)
-    dtype = torch.float32 if flat.dtype in (torch.float16, torch.bfloat16) else flat.dtype
+    dtype = compute_dtype(flat)
     m = _target_size(flat.shape[0], num_samples, samples_per_prediction)
     target = _draw(prior, m, generator, flat.device, dtype)
     solver_kwargs = dict(solver_kwargs, eps=eps, value=value)
@@ -517,7 +495,7 @@ def distribution_matching_loss(
                 reduction="sum",
                 **solver_kwargs,
             )
-    return loss * float(scale)
+    return loss * scale
 
 
 class DistributionMatchingLoss(nn.Module):
@@ -559,10 +537,7 @@ class DistributionMatchingLoss(nn.Module):
                 f"prior must offer sample(n, *, generator, device, dtype), got {type(prior).__name__}"
             )
         _target_size(1, num_samples, samples_per_prediction)  # validate early
-        if split_q is not None and (
-            isinstance(split_q, bool) or not isinstance(split_q, Real) or not 0 < float(split_q) < 1
-        ):
-            raise ValueError(f"split_q must be None or a float in (0, 1), got {split_q!r}")
+        check_real("split_q", split_q, gt=0, lt=1, none_ok=True)
         self.prior = prior
         self.num_samples = num_samples
         self.samples_per_prediction = samples_per_prediction

@@ -43,9 +43,10 @@ from sinkmatch import loop
 from sinkmatch._checks import (
     as_points,
     as_weights,
-    check_eps,
+    check_choice,
     check_finite,
     check_positive_int,
+    check_real,
     check_same_device,
     compute_dtype,
 )
@@ -159,23 +160,16 @@ class _Options:
 def _check_options(
     eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, fixed
 ) -> _Options:
-    eps = check_eps(eps)
-    if value not in VALUES:
-        raise ValueError(f"value must be one of {VALUES}, got {value!r}")
-    if grad not in _GRADS:
-        raise ValueError(f"grad must be one of {_GRADS}, got {grad!r}")
-    max_iter = check_positive_int(max_iter, "max_iter")
-    check_every = check_positive_int(check_every, "check_every")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise ValueError(f"tol must be a float >= 0, got {tol!r}")
-    if eps_scaling is not None and (
-        isinstance(eps_scaling, bool)
-        or not isinstance(eps_scaling, (int, float))
-        or not 0 < eps_scaling < 1
-    ):
-        raise ValueError(f"eps_scaling must be None or a float in (0, 1), got {eps_scaling!r}")
+    # Python numbers only (no tensors): reading a tensor back would synchronise
+    eps = check_real("eps", eps, gt=0, arrays=False)
+    value = check_choice("value", value, VALUES)
+    grad = check_choice("grad", grad, _GRADS)
+    max_iter = check_positive_int("max_iter", max_iter)
+    check_every = check_positive_int("check_every", check_every)
+    tol = check_real("tol", tol, ge=0, finite=False, arrays=False)
+    eps_scaling = check_real("eps_scaling", eps_scaling, gt=0, lt=1, none_ok=True, arrays=False)
     if eps_start is not None:
-        eps_start = check_eps(eps_start, "eps_start")
+        eps_start = check_real("eps_start", eps_start, gt=0, arrays=False)
     if fixed and eps_scaling is not None and eps_start is None:
         raise ValueError(
             "fixed_iterations=True needs an ε schedule known without reading the data: pass "
@@ -267,7 +261,7 @@ def _resolve_init(init: Any, cost: Cost, x: Tensor, y: Tensor, opts: _Options) -
             )
         t = t.detach().to(x.dtype).expand(batch, k)
         if opts.check_values:
-            check_finite(t, name)
+            check_finite(name, t)
         out.append(t)
     return out[0], out[1]
 
@@ -470,8 +464,8 @@ def sinkhorn(
     xb, yb, unbatched = _prepare_points(x, y)
     check_same_device(x=xb, a=a, b=b)
     if opts.check_values:
-        check_finite(xb, "x")
-        check_finite(yb, "y")
+        check_finite("x", xb)
+        check_finite("y", yb)
     batch, n, m = xb.shape[0], xb.shape[1], yb.shape[1]
     weights = dict(batch=batch, dtype=xb.dtype, device=xb.device, check_values=opts.check_values)
     an = as_weights(a, "a", n_points=n, **weights)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sinkmatch._checks import check_int
 from sinkmatch.backends.base import Backend
 from sinkmatch.costs import Cost
 from sinkmatch.plan import plan_tiles, tiled_logsumexp
@@ -105,20 +106,15 @@ class OnlineSoftmin(Backend):
     name = "online"
 
     def __init__(self, *, row_block: int | None = None, col_block: int | None = None):
-        for label, value in (("row_block", row_block), ("col_block", col_block)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ValueError(f"{label} must be a positive int or None, got {value!r}")
-        self.row_block = row_block
-        self.col_block = col_block
+        self.row_block = check_int("row_block", row_block, ge=1, none_ok=True)
+        self.col_block = check_int("col_block", col_block, ge=1, none_ok=True)
 
     def softmin(self, eps: float, x: Tensor, y: Tensor, h: Tensor, cost: Cost) -> Tensor:
         """See :class:`sinkmatch.backends.base.SoftminBackend`."""
         if cost.name is None:
             raise ValueError(
-                f"the online backend needs a named cost ('sqeuclidean' or 'euclidean'), got {cost!r}; "
-                "use backend='dense' for callable costs"
+                "the online backend needs a named cost ('sqeuclidean' or 'euclidean'), got "
+                f"{cost!r}; use backend='dense' for callable costs"
             )
         return _StreamedSoftmin.apply(x, y, h, eps, cost, self.row_block, self.col_block)
 

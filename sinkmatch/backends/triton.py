@@ -53,13 +53,13 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, cast
 
 import torch
 from torch import Tensor
 
+from sinkmatch._checks import check_positive_int, check_real, compute_dtype, describe
 from sinkmatch.backends.base import Backend, last_positive
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def softmin_reference(eps: float, x: Tensor, y: Tensor, h: Tensor, cost: Any) ->
         float32 (float64 for float64 inputs).
     """
     name = _cost_name(cost)
-    acc = _acc_dtype(x, y, h)
+    acc = compute_dtype(x, y, h)
     diff = x.to(acc)[:, :, None, :] - y.to(acc)[:, None, :, :]
     sq = (diff * diff).sum(-1)
     if name == "euclidean":
@@ -195,10 +195,6 @@ def _use_interpreter(device: torch.device) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _acc_dtype(*tensors: Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 def _tl_dtype(dtype: torch.dtype) -> Any:
     import triton.language as tl
 
@@ -246,7 +242,7 @@ def _forward(cfg: _Launch, x: Tensor, y: Tensor, h: Tensor, n_valid: Tensor, m_v
     k = _kernels(cfg.interpret)
     b, n, d = x.shape
     m = y.shape[1]
-    acc = _acc_dtype(x, y, h)
+    acc = compute_dtype(x, y, h)
     out = torch.empty((b, n), dtype=acc, device=x.device)
     lse = torch.empty((b, n), dtype=acc, device=x.device)
     inv, neg = _scalars(cfg.eps, out)
@@ -361,45 +357,38 @@ class _SoftminFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 
 
-def _describe(t: object) -> str:
-    if isinstance(t, Tensor):
-        return f"Tensor(shape={tuple(t.shape)}, dtype={t.dtype}, device={t.device})"
-    return f"{type(t).__name__} {t!r}"[:200]
-
-
 def _check_inputs(eps: object, x: object, y: object, h: object) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, Real) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a finite positive number, got {_describe(eps)}")
+    eps = check_real("eps", eps, gt=0, arrays=False)
     for name, t, ndim in (("x", x, 3), ("y", y, 3), ("h", h, 2)):
         if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {_describe(t)}")
+            raise TypeError(f"{name} must be a torch.Tensor, got {describe(t)}")
         if not t.is_floating_point():
-            raise TypeError(f"{name} must have a floating dtype, got {_describe(t)}")
+            raise TypeError(f"{name} must have a floating dtype, got {describe(t)}")
         if t.ndim != ndim:
             shape = "(B, M)" if name == "h" else f"(B, {'N' if name == 'x' else 'M'}, D)"
-            raise ValueError(f"{name} must have shape {shape}, got {_describe(t)}")
+            raise ValueError(f"{name} must have shape {shape}, got {describe(t)}")
     x, y, h = cast(Tensor, x), cast(Tensor, y), cast(Tensor, h)
     if y.shape[0] != x.shape[0] or y.shape[2] != x.shape[2]:
         raise ValueError(
-            f"y must have shape (B, M, D) with B and D of x {tuple(x.shape)}, got {_describe(y)}"
+            f"y must have shape (B, M, D) with B and D of x {tuple(x.shape)}, got {describe(y)}"
         )
     if tuple(h.shape) != (y.shape[0], y.shape[1]):
-        raise ValueError(f"h must have shape (B, M) = {tuple(y.shape[:2])}, got {_describe(h)}")
+        raise ValueError(f"h must have shape (B, M) = {tuple(y.shape[:2])}, got {describe(h)}")
     if x.shape[2] > MAX_DIM:
         raise ValueError(
-            f"the triton backend supports D <= {MAX_DIM} coordinates, got x {_describe(x)}; "
+            f"the triton backend supports D <= {MAX_DIM} coordinates, got x {describe(x)}; "
             "use backend='online'"
         )
     if y.device != x.device or h.device != x.device:
         raise ValueError(
             f"x, y and h must be on one device, got {x.device}, {y.device} and {h.device}"
         )
-    return float(eps)
+    return eps
 
 
 def _check_blocks(block_n: object, block_m: object, num_warps: object) -> None:
     for name, val in (("block_n", block_n), ("block_m", block_m), ("num_warps", num_warps)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1 or val & (val - 1):
+        if check_positive_int(name, val) & (val - 1):
             raise ValueError(f"{name} must be a positive power of two, got {val!r}")
 
 
@@ -413,10 +402,10 @@ def _lengths(lengths: Tensor | None, name: str, b: int, full: int, device: torch
         or lengths.dtype == torch.bool
     ):
         raise TypeError(
-            f"{name} must be an integer tensor of shape ({b},), got {_describe(lengths)}"
+            f"{name} must be an integer tensor of shape ({b},), got {describe(lengths)}"
         )
     if tuple(lengths.shape) != (b,):
-        raise ValueError(f"{name} must have shape ({b},), got {_describe(lengths)}")
+        raise ValueError(f"{name} must have shape ({b},), got {describe(lengths)}")
     return lengths.to(device=device, dtype=torch.int32).clamp(0, full).contiguous()
 
 
@@ -472,7 +461,7 @@ def triton_softmin(
         )
     b, n, _ = x.shape
     m = y.shape[1]
-    acc = _acc_dtype(x, y, h)
+    acc = compute_dtype(x, y, h)
     nv = _lengths(n_valid, "n_valid", b, n, x.device)
     if m_valid is not None:
         mv = _lengths(m_valid, "m_valid", b, m, x.device)

@@ -16,29 +16,24 @@ with ``S`` the number of images, ``M x N`` the cells per crop and ``S_crop`` the
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
+from sinkmatch._checks import check_positive_int, check_real
+
 from ._special import scaled_gammaincc
-from .base import PriorBase, check_positive, check_real
+from .base import PriorBase
 from .head import HeadRedistributed, redistribute_head
 from .legacy import _LEGACY_CELLS, legacy_lambda, legacy_sample64, legacy_threshold
 from .power_law import TruncatedPowerLaw
 
 
 def _check_grid(grid: Any) -> tuple[int, int]:
-    if (
-        not isinstance(grid, (tuple, list))
-        or len(grid) != 2
-        or not all(
-            isinstance(g, numbers.Integral) and not isinstance(g, bool) and g > 0 for g in grid
-        )
-    ):
+    if not isinstance(grid, (tuple, list)) or len(grid) != 2:
         raise ValueError(f"grid must be a pair of positive ints (M, N), got {grid!r}")
-    return int(grid[0]), int(grid[1])
+    return check_positive_int("grid[0]", grid[0]), check_positive_int("grid[1]", grid[1])
 
 
 def _log_sf(alpha: float, lam: float, c: float, x_min: float) -> float:
@@ -83,12 +78,12 @@ def solve_lambda(
     """
     from scipy.optimize import brentq
 
-    cf_max = check_positive("cf_max", cf_max)
+    cf_max = check_real("cf_max", cf_max, gt=0)
     num_images = check_real("num_images", num_images)
-    alpha = check_positive("alpha", alpha)
+    alpha = check_real("alpha", alpha, gt=0)
     m, n = _check_grid(grid)
-    crops_per_image = check_positive("crops_per_image", crops_per_image)
-    x_min = check_positive("x_min", x_min)
+    crops_per_image = check_real("crops_per_image", crops_per_image, gt=0)
+    x_min = check_real("x_min", x_min, gt=0)
     if num_images < 2:
         raise ValueError(
             f"num_images must be >= 2 (the CDF target 1 - 1/S must be > 0), got {num_images!r}"
@@ -205,7 +200,7 @@ class CountPrior(PriorBase):
         """
         if mode == "legacy":
             _check_grid(grid)
-            check_positive("crops_per_image", crops_per_image)
+            check_real("crops_per_image", crops_per_image, gt=0)
             if x_min != 1.0 or threshold is not None:
                 raise ValueError(
                     "mode='legacy' reproduces the original code (x_min = 1 and its own threshold); got "
@@ -236,9 +231,7 @@ class CountPrior(PriorBase):
         m, n = _check_grid(grid)
         c_max = float(cf_max) / (m * n * float(crops_per_image))
         if threshold is None:
-            head_mass = check_real("head_mass", head_mass)
-            if not 0.0 < head_mass < 1.0:
-                raise ValueError(f"head_mass must lie in (0, 1), got {head_mass!r}")
+            head_mass = check_real("head_mass", head_mass, gt=0, lt=1)
             threshold = float(TruncatedPowerLaw(alpha, lam, x_min=x_min).ppf(head_mass))
         return cls(
             alpha,

@@ -28,8 +28,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from sinkmatch._checks import check_real
+
 from ._special import scaled_gammaincc
-from .base import Prior, check_positive, to_numpy64
+from .base import Prior, to_numpy64
 from .power_law import Pareto, TruncatedPowerLaw
 from .simple import Exponential, LogNormal
 
@@ -86,7 +88,7 @@ def _prepare(data: Any, x_min: float | None, *, positive: bool = True) -> tuple[
         raise ValueError(f"data must be finite, got {arr[~np.isfinite(arr)][:5]}")
     x_min = float(arr.min()) if x_min is None else float(x_min)
     if positive:
-        x_min = check_positive("x_min", x_min)
+        x_min = check_real("x_min", x_min, gt=0)
     elif not (math.isfinite(x_min) and x_min >= 0):
         raise ValueError(f"x_min must be finite and >= 0, got {x_min!r}")
     x = arr[arr >= x_min]

@@ -22,7 +22,9 @@ import math
 import numpy as np
 import torch
 
-from .base import Prior, PriorBase, check_positive, check_real, rand64
+from sinkmatch._checks import check_real
+
+from .base import Prior, PriorBase, rand64
 
 
 class HeadRedistributed(PriorBase):
@@ -50,15 +52,13 @@ class HeadRedistributed(PriorBase):
             raise TypeError(f"base must follow the Prior protocol, got {type(base).__name__}")
         self.base = base
         if threshold is None:
-            head_mass = check_real("head_mass", head_mass)
-            if not 0.0 < head_mass < 1.0:
-                raise ValueError(f"head_mass must lie in (0, 1), got {head_mass!r}")
+            head_mass = check_real("head_mass", head_mass, gt=0, lt=1)
             threshold = float(base.ppf(head_mass))
             if not (math.isfinite(threshold) and threshold > 0):
                 raise ValueError(
                     f"base.ppf(head_mass={head_mass!r}) = {threshold!r} is not a usable threshold (need > 0)"
                 )
-        self.threshold = check_positive("threshold", threshold)
+        self.threshold = check_real("threshold", threshold, gt=0)
         self.head_weight = float(base.cdf(self.threshold))
 
     def __repr__(self) -> str:

@@ -44,8 +44,10 @@ import math
 import numpy as np
 import torch
 
+from sinkmatch._checks import check_real
+
 from ._special import scaled_gammaincc
-from .base import check_positive, check_real, rand64
+from .base import rand64
 
 _LEGACY_LAMBDA_GRID = (0.001, 0.1, 0.001)  # np.arange arguments, as in the original
 _LEGACY_THRESHOLD_GRID = (1.00001, 10.0, 0.01)
@@ -89,11 +91,11 @@ def legacy_lambda(cf_max: float, num_images: float, *, alpha: float = 2.0) -> fl
         >>> round(legacy_lambda(3000, 482), 12)
         0.028
     """
-    cf_max = check_positive("cf_max", cf_max)
+    cf_max = check_real("cf_max", cf_max, gt=0)
     num_images = check_real("num_images", num_images)
     if num_images < 2:
         raise ValueError(f"num_images must be >= 2 (CDF target 1 - 1/S), got {num_images!r}")
-    alpha = check_positive("alpha", alpha)
+    alpha = check_real("alpha", alpha, gt=0)
     c_max = cf_max / _LEGACY_CELLS
     grid = np.arange(*_LEGACY_LAMBDA_GRID)
     ok = np.nonzero(legacy_cdf(c_max, alpha, grid) > 1.0 - 1.0 / num_images)[0]
@@ -123,8 +125,8 @@ def legacy_threshold(alpha: float, lam: float) -> float:
         >>> round(legacy_threshold(2.0, 0.028), 6)
         1.21001
     """
-    alpha = check_positive("alpha", alpha)
-    lam = check_positive("lam", lam)
+    alpha = check_real("alpha", alpha, gt=0)
+    lam = check_real("lam", lam, gt=0)
     grid = np.arange(*_LEGACY_THRESHOLD_GRID)
     ok = np.nonzero(legacy_cdf(grid, alpha, lam) > _LEGACY_THRESHOLD_LEVEL)[0]
     if ok.size == 0:

@@ -36,8 +36,10 @@ import math
 import numpy as np
 import torch
 
+from sinkmatch._checks import check_real
+
 from ._special import scaled_gammaincc
-from .base import PriorBase, check_nonnegative, check_positive, rand64
+from .base import PriorBase, rand64
 
 _PIECE_WIDTH = 0.05  # lambda * width of a body piece: acceptance >= exp(-0.05)
 _TAIL_FACTOR = 20.0  # lambda * x_K >= 20 alpha: tail acceptance >= 1/(1 + 1/20)
@@ -61,9 +63,9 @@ class TruncatedPowerLaw(PriorBase):
     """
 
     def __init__(self, alpha: float, lam: float, *, x_min: float = 1.0) -> None:
-        self.alpha = check_positive("alpha", alpha)
-        self.lam = check_nonnegative("lam", lam)
-        self.x_min = check_positive("x_min", x_min)
+        self.alpha = check_real("alpha", alpha, gt=0)
+        self.lam = check_real("lam", lam, ge=0)
+        self.x_min = check_real("x_min", x_min, gt=0)
         if self.lam == 0.0 and self.alpha <= 1.0:
             raise ValueError(
                 f"lam = 0 (pure power law) needs alpha > 1 to be normalizable, got alpha={self.alpha!r}"
@@ -310,7 +312,7 @@ class Pareto(TruncatedPowerLaw):
     """
 
     def __init__(self, alpha: float, *, x_min: float = 1.0) -> None:
-        alpha = check_positive("alpha", alpha)
+        alpha = check_real("alpha", alpha, gt=0)
         if alpha <= 1.0:
             raise ValueError(f"Pareto needs alpha > 1 to be normalizable, got alpha={alpha!r}")
         super().__init__(alpha, 0.0, x_min=x_min)

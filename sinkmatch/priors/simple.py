@@ -11,7 +11,9 @@ import math
 import numpy as np
 import torch
 
-from .base import PriorBase, check_nonnegative, check_positive, check_real, rand64, to_numpy64
+from sinkmatch._checks import check_real
+
+from .base import PriorBase, rand64, to_numpy64
 
 _U_MIN = 2.0**-60  # keeps inverse-CDF sampling off the endpoints of (0, 1)
 _U_MAX = 1.0 - 2.0**-53
@@ -45,8 +47,8 @@ class LogNormal(PriorBase):
         from scipy.special import log_ndtr
 
         self.mu = check_real("mu", mu)
-        self.sigma = check_positive("sigma", sigma)
-        self.x_min = check_nonnegative("x_min", x_min)
+        self.sigma = check_real("sigma", sigma, gt=0)
+        self.x_min = check_real("x_min", x_min, ge=0)
         self._a = (math.log(self.x_min) - self.mu) / self.sigma if self.x_min > 0 else -math.inf
         self._log_tail = float(log_ndtr(-self._a))  # log P(C >= x_min) before truncation
         if self._log_tail < -700.0:
@@ -175,8 +177,8 @@ class Exponential(PriorBase):
     """
 
     def __init__(self, lam: float, *, x_min: float = 0.0) -> None:
-        self.lam = check_positive("lam", lam)
-        self.x_min = check_nonnegative("x_min", x_min)
+        self.lam = check_real("lam", lam, gt=0)
+        self.x_min = check_real("x_min", x_min, ge=0)
 
     def __repr__(self) -> str:
         return f"Exponential(lam={self.lam:g}, x_min={self.x_min:g})"
@@ -240,7 +242,7 @@ class Empirical(PriorBase):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"data must be finite, got {arr[~np.isfinite(arr)][:5]}")
         self.data = np.sort(arr)
-        self.jitter = check_nonnegative("jitter", jitter)
+        self.jitter = check_real("jitter", jitter, ge=0)
         self._tensors: dict[str, torch.Tensor] = {}
 
     def __repr__(self) -> str:
