@@ -659,7 +659,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--core", type=int, default=None, help="core to pin children to (default: last allowed)"
     )
-    ap.add_argument("--prior", default="auto", choices=["auto", "sinkmatch", "fallback"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--floor-sizes", default=None, help="comma-separated N for the lse floor ('none' to skip)"
@@ -716,7 +715,6 @@ def main(argv: list[str] | None = None) -> int:
         "mem_gb": args.mem_gb,
         "core": core,
         "seed": args.seed,
-        "prior": args.prior,
         "repeats": args.repeats,
     }
     rows: list[dict] = []
@@ -799,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     for wname, adapters in plan:
         if not adapters:
             continue
-        w = make_workload(wname, seed=args.seed, prior=args.prior)
+        w = make_workload(wname, seed=args.seed)
         # Built once here; every child loads these exact arrays.
         data = str(tmpdir / f"{wname}.data.npz")
         save_workload(w, data)

@@ -1,23 +1,23 @@
-"""Fused, batched soft-min in Triton: one launch per half step for a whole batch of problems.
+r"""Fused, batched soft-min in Triton: one launch per half step for a whole batch of problems.
 
 The kernel streams the cost matrix the way flash-attention streams attention scores: the grid
 runs over (problem, block of rows); each program loops over blocks of columns keeping a running
 maximum and a rescaled sum (online log-sum-exp), generating
-:math:`C_{ij} = \\|x_i - y_j\\|^2` or :math:`\\|x_i - y_j\\|` from the coordinates on the fly.
+:math:`C_{ij} = \|x_i - y_j\|^2` or :math:`\|x_i - y_j\|` from the coordinates on the fly.
 Nothing of size ``N x M`` is ever stored, in the forward or the backward pass.
 
 .. math::
 
-    \\operatorname{out}_i = -\\varepsilon \\log \\sum_j \\exp\\big(h_j - C_{ij}/\\varepsilon\\big),
-    \\qquad
-    \\pi_{ij} = \\exp\\big(h_j - C_{ij}/\\varepsilon - \\mathrm{lse}_i\\big).
+    \operatorname{out}_i = -\varepsilon \log \sum_j \exp\big(h_j - C_{ij}/\varepsilon\big),
+    \qquad
+    \pi_{ij} = \exp\big(h_j - C_{ij}/\varepsilon - \mathrm{lse}_i\big).
 
-Backward (two more launches, O(N + M) memory), with :math:`w = \\partial L/\\partial\\,\\mathrm{out}`:
-:math:`\\partial_{h_j} = -\\varepsilon \\sum_i w_i \\pi_{ij}`,
-:math:`\\partial_{x_i} = w_i \\sum_j \\pi_{ij} \\partial_x C_{ij}` (for the squared cost
+Backward (two more launches, O(N + M) memory), with :math:`w = \partial L/\partial\,\mathrm{out}`:
+:math:`\partial_{h_j} = -\varepsilon \sum_i w_i \pi_{ij}`,
+:math:`\partial_{x_i} = w_i \sum_j \pi_{ij} \partial_x C_{ij}` (for the squared cost
 :math:`2 w_i (x_i - T(x_i))`, :math:`T` the barycentric map) and
-:math:`\\partial_{y_j} = \\sum_i w_i \\pi_{ij} \\partial_y C_{ij}`. The Euclidean gradient
-:math:`(x - y)/\\|x - y\\|` is taken as 0 at :math:`x = y`.
+:math:`\partial_{y_j} = \sum_i w_i \pi_{ij} \partial_y C_{ij}`. The Euclidean gradient
+:math:`(x - y)/\|x - y\|` is taken as 0 at :math:`x = y`.
 
 Precision: float16, bfloat16 and float32 inputs are accumulated in float32 and the output is
 float32; float64 inputs are computed in float64 throughout (Triton supports float64 arithmetic;
@@ -34,13 +34,17 @@ References:
     transport and MMD using Sinkhorn divergences*, AISTATS 2019. Dao et al., *FlashAttention*,
     NeurIPS 2022 (the online log-sum-exp tiling).
 
+The plain torch reference the kernels are tested against is the dense backend,
+:class:`sinkmatch.backends.dense.DenseSoftmin` (float32 accumulation for half inputs, as here).
+
 Example:
     >>> import torch
-    >>> from sinkmatch.backends.triton import softmin_reference
+    >>> from sinkmatch.backends.dense import DenseSoftmin
+    >>> from sinkmatch.costs import get_cost
     >>> x = torch.tensor([[[0.0], [1.0]]])
     >>> y = torch.tensor([[[0.0], [2.0]]])
     >>> h = torch.zeros(1, 2)
-    >>> softmin_reference(1.0, x, y, h, "sqeuclidean")
+    >>> DenseSoftmin().softmin(1.0, x, y, h, get_cost("sqeuclidean"))  # what the kernel computes
     tensor([[-0.0181,  0.3069]])
 """
 
@@ -65,7 +69,7 @@ from sinkmatch.backends.base import Backend, last_positive
 if TYPE_CHECKING:
     from types import ModuleType
 
-__all__ = ["TritonSoftmin", "softmin_reference", "triton_softmin"]
+__all__ = ["TritonSoftmin", "triton_softmin"]
 
 _COSTS = ("sqeuclidean", "euclidean")
 # Coordinates per point: the backward keeps a (BLOCK_N, next_pow2(D)) accumulator in registers.
@@ -73,11 +77,6 @@ MAX_DIM = 256
 _DOT_MAX_BLOCK = 32
 _KERNEL_FILE = Path(__file__).with_name("_triton_kernels.py")
 _MODULES: dict[bool, ModuleType] = {}
-
-
-# --------------------------------------------------------------------------------------------
-# Reference
-# --------------------------------------------------------------------------------------------
 
 
 def _cost_name(cost: Any) -> str:
@@ -88,36 +87,6 @@ def _cost_name(cost: Any) -> str:
             f"triton backend, got {cost!r}; use backend='dense' for other costs"
         )
     return name
-
-
-def softmin_reference(eps: float, x: Tensor, y: Tensor, h: Tensor, cost: Any) -> Tensor:
-    """Plain torch soft-min, the reference the kernels are tested against.
-
-    Builds the whole (B, N, M) cost matrix by coordinate differences and reduces it with
-    ``torch.logsumexp``; gradients come from torch autograd (the Euclidean cost uses a square
-    root whose gradient is 0 at 0, like the kernel).
-
-    Args:
-        eps: Entropic regularization, > 0.
-        x ((B, N, D) Tensor): Row points.
-        y ((B, M, D) Tensor): Column points.
-        h ((B, M) Tensor): Column log-weights plus scaled potential; ``-inf`` marks padding.
-        cost: ``"sqeuclidean"``, ``"euclidean"`` or a cost object with that ``name``.
-
-    Returns:
-        (B, N) Tensor: :math:`-\\varepsilon \\log \\sum_j \\exp(h_j - C_{ij}/\\varepsilon)` in
-        float32 (float64 for float64 inputs).
-    """
-    name = _cost_name(cost)
-    acc = compute_dtype(x, y, h)
-    diff = x.to(acc)[:, :, None, :] - y.to(acc)[:, None, :, :]
-    sq = (diff * diff).sum(-1)
-    if name == "euclidean":
-        pos = sq > 0
-        c = torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
-    else:
-        c = sq
-    return -eps * torch.logsumexp(h.to(acc)[:, None, :] - c / eps, dim=-1)
 
 
 # --------------------------------------------------------------------------------------------
