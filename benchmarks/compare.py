@@ -343,7 +343,7 @@ def reference_entropic(
     max_iter: int = 20000,
     budget_s: float = 120.0,
 ):
-    """Tightly converged float64 entropic OT (dense): value and d/dx. Independent of sinkmatch.
+    r"""Tightly converged float64 entropic OT (dense): value and d/dx. Independent of sinkmatch.
 
     ``tol`` (L1 marginal error) 1e-6: measured, the gradient then differs by < 1e-4 (relative) from one at 1e-8,
     two orders below the 1e-3 convergence threshold of the comparison.
@@ -351,9 +351,9 @@ def reference_entropic(
     With ``init = (f0, g0)`` (the exact EMD duals) the ε schedule is 8ε, 4ε, 2ε, ε; without, it
     halves ε from the largest cost. At every level two log-domain half-step pairs land the
     potentials, then the scalings iterate on the absorbed kernel
-    :math:`\\tilde K = e^{(f \\oplus g - C)/\\varepsilon}` (matrix-vector products, float64), absorbing
+    :math:`\tilde K = e^{(f \oplus g - C)/\varepsilon}` (matrix-vector products, float64), absorbing
     into (f, g) whenever a scaling leaves [1e-100, 1e100]. The gradient is that of
-    :math:`\\mathrm{OT}_\\varepsilon` at the optimum, :math:`2 (a_i x_i - \\sum_j P_{ij} y_j)` (envelope
+    :math:`\mathrm{OT}_\varepsilon` at the optimum, :math:`2 (a_i x_i - \sum_j P_{ij} y_j)` (envelope
     theorem).
 
     Returns:

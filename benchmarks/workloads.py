@@ -1,7 +1,7 @@
-"""Workloads for the comparison benchmarks (``benchmarks/compare.py``).
+r"""Workloads for the comparison benchmarks (``benchmarks/compare.py``).
 
 Every workload is a list of balanced optimal-transport problems with the squared cost
-:math:`C(x, y) = \\|x - y\\|^2` and uniform weights, plus a *mode* that says how sinkmatch solves
+:math:`C(x, y) = \|x - y\|^2` and uniform weights, plus a *mode* that says how sinkmatch solves
 them: ``"single"`` (one problem), ``"groups"`` (the CSS-CCNN++ percentile groups, one grouped call,
 loss = sum over groups) or ``"batch"`` (a ragged batch, one padded call, loss = sum over problems).
 Anchor libraries that have no grouped/ragged call solve the problems one after the other.
@@ -11,10 +11,10 @@ bit-for-bit from its name and seed):
 
 ``css1d-N`` / ``css1d-NxM``
     The CSS-CCNN workload on the line: ``y`` = samples of the ShanghaiTech Part A count prior
-    (truncated power law, :math:`\\alpha = 2`, :math:`\\lambda` from :math:`C_{f,\\max} = 3000`,
-    482 images, head redistribution), ``x = max(0.7 \\cdot y' + \\mathcal{N}(0, 1), 0)`` with ``y'``
-    another prior draw: many exact zeros (ties) and a heavy tail. :math:`\\varepsilon = 0.1`
-    count\\ :sup:`2` (largest cost / :math:`\\varepsilon \\approx 10^5`).
+    (truncated power law, :math:`\alpha = 2`, :math:`\lambda` from :math:`C_{f,\max} = 3000`,
+    482 images, head redistribution), ``x = max(0.7 \cdot y' + \mathcal{N}(0, 1), 0)`` with ``y'``
+    another prior draw: many exact zeros (ties) and a heavy tail. :math:`\varepsilon = 0.1`
+    count\ :sup:`2` (largest cost / :math:`\varepsilon \approx 10^5`).
 ``cssgroups-NxM``
     The CSS-CCNN++ shapes (288 predicted cells vs 1,568 prior samples by default), split into two
     percentile groups: cells below the 30th percentile of a pseudo density are matched to prior
@@ -25,7 +25,7 @@ bit-for-bit from its name and seed):
     ``B`` independent CSS problems with ``N_k, M_k`` uniform in [50, 400].
 ``gauss-dD-nN-eR``
     Two Gaussian clouds in ``D`` dimensions (``x ~ N(0, I)``, ``y ~ N(mu, diag(s^2))`` with a
-    shifted mean and anisotropic scales), :math:`\\varepsilon = R \\times` the median cost.
+    shifted mean and anisotropic scales), :math:`\varepsilon = R \times` the median cost.
 
 The count prior comes from :class:`sinkmatch.CountPrior` (the CSV's ``prior_source`` column says
 ``sinkmatch``; ``none`` for the Gaussian clouds).
@@ -75,7 +75,7 @@ class Problem:
 
 @dataclass
 class Workload:
-    """A named list of problems sharing one :math:`\\varepsilon`.
+    r"""A named list of problems sharing one :math:`\varepsilon`.
 
     Attributes:
         name: The spec string (``css1d-1568``, ``cssgroups-288x1568``, ...).
@@ -273,19 +273,19 @@ def make_workload(name: str, *, seed: int = 0) -> Workload:
 def exact_1d(
     x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray
 ) -> tuple[float, np.ndarray]:
-    """Exact W2^2 on the line and its gradient with respect to ``x``, float64.
+    r"""Exact W2^2 on the line and its gradient with respect to ``x``, float64.
 
     The monotone (north-west corner) coupling of the sorted points is optimal. Tied ``x`` values
     are merged first, so a tie group shares the average of the targets it is coupled to: the
     gradient returned is :math:`2 a_i (x_i - T(x_i))` with :math:`T` the barycentric map of that
-    coupling, which is also the :math:`\\varepsilon \\to 0` limit of the entropic gradient (a
+    coupling, which is also the :math:`\varepsilon \to 0` limit of the entropic gradient (a
     tie-breaking sort would instead give each tied point a different, arbitrary target).
 
     Args:
         x ((N,) ndarray), y ((M,) ndarray), a ((N,) ndarray), b ((M,) ndarray): The problem.
 
     Returns:
-        (float, (N,) ndarray): :math:`W_2^2` and :math:`\\partial W_2^2 / \\partial x`.
+        (float, (N,) ndarray): :math:`W_2^2` and :math:`\partial W_2^2 / \partial x`.
     """
     x = np.asarray(x, np.float64).ravel()
     y = np.asarray(y, np.float64).ravel()

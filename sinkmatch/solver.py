@@ -416,8 +416,9 @@ def sinkhorn(
             (``"sqeuclidean"``, ``"euclidean"``: :math:`|x - y|^p`, ``p = 2, 1``) and not
             ``fixed_iterations``; otherwise ``None`` (zero potentials with ε-scaling from the
             diameter). A warm start skips ε-scaling (``eps_start`` defaults to ``eps``): on the
-            CSS-CCNN workload (1-D, ε = 0.1) it converges in about 20 iterations instead of
-            hundreds. The answer at convergence does not depend on ``init``.
+            CSS-CCNN workload (1-D, ε = 0.1) it converges in an order of magnitude fewer
+            iterations (``benchmarks/results/sinkhorn.csv``, study ``css_iterations``). The
+            answer at convergence does not depend on ``init``.
         grad: ``"envelope"``: iterate under ``torch.no_grad()``, then take one differentiable
             step on the detached potentials; exact for ``"regularized"`` and ``"divergence"``
             at convergence (envelope theorem). For ``"transport"`` the gradient is that of

@@ -158,8 +158,9 @@ class DenseGeometry(Geometry):
 # A stabilized kernel row is trusted when its sum is above this (relative to a row maximum of 1).
 _KERNEL_SAFE_SUM = math.exp(-50.0)
 # Batched matrix-vector products: one torch.mv per problem when a problem has at least this many
-# entries (on CPU, bmm with a single column and B > 1 runs 2-5x slower than a loop of mv's, one
-# thread, float32), else one bmm (many small problems: the Python loop would dominate).
+# entries (on CPU a bmm with a single column is then slower than a loop of mv's), else one bmm
+# (many small problems: the Python loop would dominate). Measured by benchmarks/constants.py
+# (benchmarks/results/constants.csv, study "batched_mv").
 _MV_LOOP_MIN_ENTRIES = 1 << 15
 
 
@@ -192,17 +193,17 @@ def batched_mv(
 
 
 class StabilizedKernel:
-    """Kernel-domain soft-min at one ε around reference potentials (the solver's dense fast path).
+    r"""Kernel-domain soft-min at one ε around reference potentials (the solver's dense fast path).
 
-    With reference potentials :math:`(\\tilde f, \\tilde g)` that satisfy
-    :math:`\\tilde f_i + \\tilde g_j \\le C_{ij}` (obtained by two c-transforms, so that every row
+    With reference potentials :math:`(\tilde f, \tilde g)` that satisfy
+    :math:`\tilde f_i + \tilde g_j \le C_{ij}` (obtained by two c-transforms, so that every row
     and column of the kernel has entries close to 1),
 
     .. math::
 
-        \\tilde K_{ij} = e^{(\\tilde f_i + \\tilde g_j - C_{ij})/\\varepsilon}, \\qquad
-        \\operatorname{softmin}(h)_i = \\tilde f_i - \\varepsilon\\Big(c + \\log \\sum_j \\tilde K_{ij}
-        e^{h_j - \\tilde g_j/\\varepsilon - c}\\Big),
+        \tilde K_{ij} = e^{(\tilde f_i + \tilde g_j - C_{ij})/\varepsilon}, \qquad
+        \operatorname{softmin}(h)_i = \tilde f_i - \varepsilon\Big(c + \log \sum_j \tilde K_{ij}
+        e^{h_j - \tilde g_j/\varepsilon - c}\Big),
 
     an exact identity (Schmitzer 2019's absorption) that turns each half step into one
     matrix-vector product instead of a log-sum-exp over ``(B, N, M)`` exponentials. Entries
@@ -279,12 +280,12 @@ class StabilizedKernel:
         return self._apply(self.kernel.transpose(1, 2), h, self.g_ref, self.f_ref, lengths)
 
     def rows_sqeuclidean(self, x: Tensor, y: Tensor, h: Tensor) -> Tensor | None:
-        """Differentiable soft-min over the columns for the squared cost; ``None`` when unsafe.
+        r"""Differentiable soft-min over the columns for the squared cost; ``None`` when unsafe.
 
         The backward uses matrix-vector products with the kernel only (plan
-        :math:`\\pi_{ij} = \tilde K_{ij} v_j / s_i`): :math:`\\partial_{x_i} = 2\bar o_i(x_i -
-        \\sum_j \\pi_{ij} y_j)`, :math:`\\partial_{y_j} = 2\\sum_i \bar o_i \\pi_{ij}(y_j - x_i)`,
-        :math:`\\partial_{h_j} = -\varepsilon \\sum_i \bar o_i \\pi_{ij}`. ``x`` and ``y`` must be
+        :math:`\pi_{ij} = \tilde K_{ij} v_j / s_i`): :math:`\partial_{x_i} = 2\bar o_i(x_i -
+        \sum_j \pi_{ij} y_j)`, :math:`\partial_{y_j} = 2\sum_i \bar o_i \pi_{ij}(y_j - x_i)`,
+        :math:`\partial_{h_j} = -\varepsilon \sum_i \bar o_i \pi_{ij}`. ``x`` and ``y`` must be
         the points the kernel was built from.
         """
         with torch.no_grad():

@@ -391,7 +391,7 @@ def triton_softmin(
     block_m: int = 32,
     num_warps: int = 4,
 ) -> Tensor:
-    """Batched soft-min :math:`-\\varepsilon \\log \\sum_j \\exp(h_j - C(x_i, y_j)/\\varepsilon)`.
+    r"""Batched soft-min :math:`-\varepsilon \log \sum_j \exp(h_j - C(x_i, y_j)/\varepsilon)`.
 
     Args:
         eps: Entropic regularization, > 0.
@@ -399,7 +399,7 @@ def triton_softmin(
         y ((B, M, D) Tensor): Column points.
         h ((B, M) Tensor): Column log-weights plus scaled potential; ``-inf`` marks padding and
             zero weights.
-        cost: ``"sqeuclidean"`` (:math:`\\|x-y\\|^2`), ``"euclidean"`` (:math:`\\|x-y\\|`) or a
+        cost: ``"sqeuclidean"`` (:math:`\|x-y\|^2`), ``"euclidean"`` (:math:`\|x-y\|`) or a
             cost object with one of these names.
         n_valid ((B,) int Tensor, optional): Rows ``i >= n_valid[b]`` are padding: not
             computed, returned as 0 with zero gradient. Default: all ``N`` rows.

@@ -151,7 +151,7 @@ class PriorBase:
 
     # -- public API -----------------------------------------------------------------------------
     def cdf(self, c: Array) -> Array:
-        """Cumulative distribution function :math:`F(c) = P(C \\le c)` (float64 math).
+        r"""Cumulative distribution function :math:`F(c) = P(C \le c)` (float64 math).
 
         Args:
             c ((...) float, ndarray or Tensor): Points.
@@ -171,7 +171,7 @@ class PriorBase:
         return 1.0 - self._cdf(c)
 
     def logpdf(self, c: Array) -> Array:
-        """Log density :math:`\\log p(c)` (``-inf`` outside the support)."""
+        r"""Log density :math:`\log p(c)` (``-inf`` outside the support)."""
         arr, restore = to_numpy64(c, "c")
         return restore(self._logpdf(arr))
 
@@ -182,7 +182,7 @@ class PriorBase:
             return restore(np.exp(self._logpdf(arr)))
 
     def ppf(self, q: Array) -> Array:
-        """Quantile function :math:`F^{-1}(q) = \\inf\\{c : F(c) \\ge q\\}`.
+        r"""Quantile function :math:`F^{-1}(q) = \inf\{c : F(c) \ge q\}`.
 
         Args:
             q ((...) float, ndarray or Tensor): Probabilities in [0, 1] (NaN passes through).

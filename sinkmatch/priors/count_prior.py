@@ -1,16 +1,16 @@
-"""λ from the maximum count, and the ready-to-use CSS-CCNN count prior.
+r"""λ from the maximum count, and the ready-to-use CSS-CCNN count prior.
 
 CSS-CCNN (Babu Sam et al., Sec. 3.1) fixes α (≈ 2) and chooses λ so that the largest cell count
 is a 1-in-S event:
 
 .. math::
 
-    F_{\\alpha,\\lambda}(C_{\\max}) = 1 - \\frac1S, \\qquad
-    C_{\\max} = \\frac{Cf_{\\max}}{M \\cdot N \\cdot S_{\\text{crop}}},
+    F_{\alpha,\lambda}(C_{\max}) = 1 - \frac1S, \qquad
+    C_{\max} = \frac{Cf_{\max}}{M \cdot N \cdot S_{\text{crop}}},
 
 with ``S`` the number of images, ``M x N`` the cells per crop and ``S_crop`` the crops per image.
 :func:`solve_lambda` solves it with the exact normalized CDF by a bracketed root finder
-(``scipy.optimize.brentq`` on :math:`\\log(1 - F) + \\log S`, decreasing in λ).
+(``scipy.optimize.brentq`` on :math:`\log(1 - F) + \log S`, decreasing in λ).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def solve_lambda(
     crops_per_image: float = 4,
     x_min: float = 1.0,
 ) -> float:
-    """Solve :math:`F_{\\alpha,\\lambda}(C_{\\max}) = 1 - 1/S` for λ (exact, normalized CDF).
+    r"""Solve :math:`F_{\alpha,\lambda}(C_{\max}) = 1 - 1/S` for λ (exact, normalized CDF).
 
     Args:
         cf_max: Maximum crowd count of a full image, > 0.
@@ -117,7 +117,7 @@ def solve_lambda(
 
 
 class CountPrior(PriorBase):
-    """The CSS-CCNN count prior: a truncated power law with its head spread over [0, t].
+    r"""The CSS-CCNN count prior: a truncated power law with its head spread over [0, t].
 
     Build it with :meth:`from_max_count`. ``mode="exact"`` uses the normalized CDF (λ from
     :func:`solve_lambda`, ``t = ppf(head_mass)`` unless given); ``mode="legacy"`` reproduces the
@@ -126,8 +126,8 @@ class CountPrior(PriorBase):
 
     .. math::
 
-        C \\sim \\mathcal U(0, t) \\text{ w.p. } F(t), \\quad
-        C \\sim \\mathrm{TPL}(\\alpha, \\lambda, x_{\\min}) \\mid C \\ge t \\text{ otherwise}.
+        C \sim \mathcal U(0, t) \text{ w.p. } F(t), \quad
+        C \sim \mathrm{TPL}(\alpha, \lambda, x_{\min}) \mid C \ge t \text{ otherwise}.
 
     Attributes:
         alpha, lam, x_min, threshold, c_max, mode, head_weight (= F(t)), cf_max, num_images.

@@ -1,4 +1,4 @@
-"""Head redistribution: the mass of a prior below a threshold spread uniformly over [0, t].
+r"""Head redistribution: the mass of a prior below a threshold spread uniformly over [0, t].
 
 CSS-CCNN (Babu Sam et al., Sec. 3.1) observes that roughly 30% of the cell counts lie at or below
 about 1, while the power law starts at ``x_min = 1``; it moves that much mass of the prior's head
@@ -6,12 +6,12 @@ uniformly onto ``[0, t]``. Concretely, the mixture
 
 .. math::
 
-    C \\sim \\begin{cases} \\mathcal U(0, t) & \\text{with probability } w = F_{\\text{base}}(t),\\\\
-    \\text{base conditioned on } C \\ge t & \\text{otherwise,}\\end{cases}
+    C \sim \begin{cases} \mathcal U(0, t) & \text{with probability } w = F_{\text{base}}(t),\\
+    \text{base conditioned on } C \ge t & \text{otherwise,}\end{cases}
 
-whose CDF is :math:`w\\,c/t` on :math:`[0, t]` and :math:`F_{\\text{base}}(c)` for :math:`c \\ge t`
+whose CDF is :math:`w\,c/t` on :math:`[0, t]` and :math:`F_{\text{base}}(c)` for :math:`c \ge t`
 (total mass is conserved; the CDF at ``t`` is unchanged). Sampling draws from the base and
-replaces every draw below ``t`` by an independent :math:`\\mathcal U(0, t)` draw, which is exactly
+replaces every draw below ``t`` by an independent :math:`\mathcal U(0, t)` draw, which is exactly
 this mixture (and exactly what the original code did).
 """
 
@@ -28,7 +28,7 @@ from .base import Prior, PriorBase, rand64
 
 
 class HeadRedistributed(PriorBase):
-    """A base prior with its mass below ``threshold`` spread uniformly over ``[0, threshold]``.
+    r"""A base prior with its mass below ``threshold`` spread uniformly over ``[0, threshold]``.
 
     Args:
         base: Any :class:`Prior` with non-negative support.
@@ -38,7 +38,7 @@ class HeadRedistributed(PriorBase):
 
     Attributes:
         threshold (float): ``t``.
-        head_weight (float): :math:`w = F_{\\text{base}}(t)`, the mass on :math:`[0, t]`.
+        head_weight (float): :math:`w = F_{\text{base}}(t)`, the mass on :math:`[0, t]`.
 
     Example:
         >>> from sinkmatch.priors import HeadRedistributed, TruncatedPowerLaw
@@ -102,7 +102,7 @@ class HeadRedistributed(PriorBase):
         return redistribute_head(x, self.threshold, generator)
 
     def mean(self) -> float:
-        """:math:`w t / 2 + E_{\\text{base}}[C] - E_{\\text{base}}[C\\,1\\{C < t\\}]`."""
+        r""":math:`w t / 2 + E_{\text{base}}[C] - E_{\text{base}}[C\,1\{C < t\}]`."""
         t, w = self.threshold, self.head_weight
         partial = getattr(self.base, "partial_mean", None)
         if partial is not None:

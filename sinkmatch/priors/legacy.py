@@ -1,26 +1,26 @@
-"""Legacy mode: the prior exactly as the original CSS-CCNN code computed it.
+r"""Legacy mode: the prior exactly as the original CSS-CCNN code computed it.
 
 The original (val-iisc/css-ccnn, ``stage2_main*.py``) used the *unnormalized* function
 
 .. math::
 
-    F_{\\text{legacy}}(x) = 1 - \\frac{\\Gamma(1-\\alpha, \\lambda x)}{\\lambda^{1-\\alpha}}
-                        = 1 - \\int_x^\\infty u^{-\\alpha} e^{-\\lambda u}\\,du
+    F_{\text{legacy}}(x) = 1 - \frac{\Gamma(1-\alpha, \lambda x)}{\lambda^{1-\alpha}}
+                        = 1 - \int_x^\infty u^{-\alpha} e^{-\lambda u}\,du
 
-(evaluated with mpmath), which is not a CDF: :math:`F_{\\text{legacy}}(1) \\approx 0.11` instead
-of 0 at :math:`x_{\\min} = 1`. It then took
+(evaluated with mpmath), which is not a CDF: :math:`F_{\text{legacy}}(1) \approx 0.11` instead
+of 0 at :math:`x_{\min} = 1`. It then took
 
-* :math:`\\lambda` = the first of ``np.arange(0.001, 0.1, 0.001)`` with
-  :math:`F_{\\text{legacy}}(C_{\\max}) > 1 - 1/S`, :math:`C_{\\max} = Cf_{\\max} / (4 \\cdot 4 \\cdot 4)`
+* :math:`\lambda` = the first of ``np.arange(0.001, 0.1, 0.001)`` with
+  :math:`F_{\text{legacy}}(C_{\max}) > 1 - 1/S`, :math:`C_{\max} = Cf_{\max} / (4 \cdot 4 \cdot 4)`
   (``m, n = 4, 4`` hard-coded although the cells form a 3 x 3 grid, ``S_crop = 4``);
 * the threshold :math:`t` = the first of ``np.arange(1.00001, 10, 0.01)`` with
-  :math:`F_{\\text{legacy}}(t) > 0.28` (``stage2_main++.py``; ``stage2_main.py`` scans
+  :math:`F_{\text{legacy}}(t) > 0.28` (``stage2_main++.py``; ``stage2_main.py`` scans
   ``np.arange(1.01, 10, 0.01)`` and rounds to two decimals, which gives the same t to 1e-5);
 * samples from the ``powerlaw`` package's ``Truncated_Power_Law`` with ``x_min = 1`` (rejection from
   a shifted exponential, no upper cap), each sample below :math:`t` replaced by
-  :math:`\\mathcal U(0, t)`.
+  :math:`\mathcal U(0, t)`.
 
-Here :math:`\\Gamma(1-\\alpha, z)` is our own float64 evaluation (:mod:`._special`; mpmath is a test
+Here :math:`\Gamma(1-\alpha, z)` is our own float64 evaluation (:mod:`._special`; mpmath is a test
 dependency only). Values pinned by the tests (alpha = 2):
 
 ============  =====  ========  ========  ==================================
@@ -56,7 +56,7 @@ _LEGACY_CELLS = 4 * 4 * 4  # m * n * S_crop in the original
 
 
 def legacy_cdf(x: np.ndarray | float, alpha: float, lam: float) -> np.ndarray:
-    """The original's unnormalized :math:`1 - \\lambda^{\\alpha-1}\\Gamma(1-\\alpha, \\lambda x)`.
+    r"""The original's unnormalized :math:`1 - \lambda^{\alpha-1}\Gamma(1-\alpha, \lambda x)`.
 
     Args:
         x ((...) array_like): Points, > 0.
@@ -146,10 +146,10 @@ def legacy_sample64(
     x_min: float = 1.0,
     batch: int = 1 << 21,
 ) -> torch.Tensor:
-    """The original sampler, vectorized: :math:`x = x_{\\min} + \\mathrm{Exp}(\\lambda)`, kept with
-    probability :math:`(x / x_{\\min})^{-\\alpha}` (exact truncated power law, no upper cap).
+    r"""The original sampler, vectorized: :math:`x = x_{\min} + \mathrm{Exp}(\lambda)`, kept with
+    probability :math:`(x / x_{\min})^{-\alpha}` (exact truncated power law, no upper cap).
 
-    Its acceptance rate is :math:`\\lambda x_{\\min} Q(1-\\alpha, \\lambda x_{\\min})`, small for small
+    Its acceptance rate is :math:`\lambda x_{\min} Q(1-\alpha, \lambda x_{\min})`, small for small
     λ (about 2.7% at λ = 0.028, α = 2); the proposals are drawn in batches of at most ``batch``.
 
     Returns:

@@ -20,21 +20,21 @@ _U_MAX = 1.0 - 2.0**-53
 
 
 class LogNormal(PriorBase):
-    """Log-normal law, optionally truncated to ``c >= x_min``.
+    r"""Log-normal law, optionally truncated to ``c >= x_min``.
 
     .. math::
 
-        p(c) = \\frac{1}{c \\sigma \\sqrt{2\\pi}}
-               \\exp\\Big(-\\frac{(\\log c - \\mu)^2}{2\\sigma^2}\\Big) \\Big/ \\bar\\Phi(a),
-        \\qquad a = \\frac{\\log x_{\\min} - \\mu}{\\sigma},
+        p(c) = \frac{1}{c \sigma \sqrt{2\pi}}
+               \exp\Big(-\frac{(\log c - \mu)^2}{2\sigma^2}\Big) \Big/ \bar\Phi(a),
+        \qquad a = \frac{\log x_{\min} - \mu}{\sigma},
 
-    with :math:`\\bar\\Phi` the standard normal survival function (:math:`\\bar\\Phi(a) = 1` for
+    with :math:`\bar\Phi` the standard normal survival function (:math:`\bar\Phi(a) = 1` for
     ``x_min = 0``). This is the parameterization of the ``powerlaw`` package (Alstott et al.,
     2014) used for maximum-likelihood fits above ``x_min``.
 
     Args:
-        mu: Mean of :math:`\\log C` before truncation.
-        sigma: Standard deviation of :math:`\\log C` before truncation, > 0.
+        mu: Mean of :math:`\log C` before truncation.
+        sigma: Standard deviation of :math:`\log C` before truncation, > 0.
         x_min: Truncation point, >= 0 (0: no truncation).
 
     Example:
@@ -103,7 +103,7 @@ class LogNormal(PriorBase):
         return torch.exp(self.mu + self.sigma * z).clamp_(min=self.x_min)
 
     def mean(self) -> float:
-        """:math:`e^{\\mu + \\sigma^2/2}\\,\\bar\\Phi(a - \\sigma)/\\bar\\Phi(a)`."""
+        r""":math:`e^{\mu + \sigma^2/2}\,\bar\Phi(a - \sigma)/\bar\Phi(a)`."""
         from scipy.special import log_ndtr
 
         return math.exp(
@@ -111,7 +111,7 @@ class LogNormal(PriorBase):
         )
 
     def partial_mean(self, t: float) -> float:
-        """:math:`E[C\\,1\\{C < t\\}]`."""
+        r""":math:`E[C\,1\{C < t\}]`."""
         from scipy.special import ndtr
 
         if t <= self.x_min:
@@ -163,13 +163,13 @@ class Uniform(PriorBase):
         return 0.5 * (self.low + self.high)
 
     def partial_mean(self, t: float) -> float:
-        """:math:`E[C\\,1\\{C < t\\}]`."""
+        r""":math:`E[C\,1\{C < t\}]`."""
         s = min(max(float(t), self.low), self.high)
         return (s * s - self.low * self.low) / (2.0 * self._width)
 
 
 class Exponential(PriorBase):
-    """Shifted exponential :math:`p(c) = \\lambda e^{-\\lambda (c - x_{\\min})}`, c >= x_min.
+    r"""Shifted exponential :math:`p(c) = \lambda e^{-\lambda (c - x_{\min})}`, c >= x_min.
 
     Args:
         lam: Rate, > 0.
@@ -206,7 +206,7 @@ class Exponential(PriorBase):
         return self.x_min + 1.0 / self.lam
 
     def partial_mean(self, t: float) -> float:
-        """:math:`E[C\\,1\\{C < t\\}]`."""
+        r""":math:`E[C\,1\{C < t\}]`."""
         if t <= self.x_min:
             return 0.0
         d = self.lam * (t - self.x_min)
@@ -215,13 +215,13 @@ class Exponential(PriorBase):
 
 
 class Empirical(PriorBase):
-    """The empirical law of observed counts (the paper's "with GT distribution" ablation).
+    r"""The empirical law of observed counts (the paper's "with GT distribution" ablation).
 
     Sampling is the bootstrap (draws with replacement). With ``jitter = h > 0`` a
-    :math:`\\mathcal N(0, h^2)` perturbation is added to each draw, and ``cdf``/``pdf``/``ppf``
+    :math:`\mathcal N(0, h^2)` perturbation is added to each draw, and ``cdf``/``pdf``/``ppf``
     describe that Gaussian kernel density (note it can put mass below 0). With ``jitter = 0``
-    (default) ``cdf`` is the right-continuous ECDF :math:`F_n(c) = \\#\\{x_i \\le c\\}/n`, ``ppf``
-    its generalized inverse (:math:`F_n^{-1}(q) = x_{(\\lceil nq \\rceil)}`), and ``pdf``/``logpdf``
+    (default) ``cdf`` is the right-continuous ECDF :math:`F_n(c) = \#\{x_i \le c\}/n`, ``ppf``
+    its generalized inverse (:math:`F_n^{-1}(q) = x_{(\lceil nq \rceil)}`), and ``pdf``/``logpdf``
     raise, as a discrete law has no density.
 
     Args:
@@ -315,7 +315,7 @@ class Empirical(PriorBase):
         return float(self.data.mean())
 
     def partial_mean(self, t: float) -> float:
-        """:math:`E[C\\,1\\{C < t\\}]`."""
+        r""":math:`E[C\,1\{C < t\}]`."""
         if self.jitter == 0:
             return float(self.data[self.data < t].sum() / self.data.size)
         from scipy.special import ndtr
