@@ -15,11 +15,13 @@ or a dense plan when the library returns only that (POT's ε-scaling solver).
 
 Conventions mapped (documented in ``docs/benchmarks.md``):
 
-* **GeomLoss** uses :math:`C_G = \|x - y\|^2 / 2` and :math:`\varepsilon_G = \mathrm{blur}^p`. The same
+* **GeomLoss** uses :math:`C_G = \|x - y\|^2 / 2` and :math:`\varepsilon_G = \mathrm{blur}^p`. The
+  same
   kernel :math:`e^{-C/\varepsilon}` needs :math:`\varepsilon_G = \varepsilon / 2`, i.e.
   ``blur = sqrt(eps / 2)``; its value and potentials are in half units and are doubled. Its
   ε-scaling runs ONE symmetric Sinkhorn update per ε level from ``diameter^2`` down to ``blur^2``,
-  dividing ε by ``scaling^2`` each time; ``n_iter`` counts those levels (plus the final extrapolation).
+  dividing ε by ``scaling^2`` each time; ``n_iter`` counts those levels (plus the final
+  extrapolation).
 * **POT** gets the cost matrix ``M = C`` and ``reg = eps``; ``sinkhorn2`` returns
   :math:`\langle P, C \rangle` and is differentiated by unrolling (POT's torch backend).
 * **OTT-JAX** uses ``PointCloud`` (its ``SqEuclidean`` is :math:`\|x - y\|^2`, no 1/2) with an
@@ -381,7 +383,7 @@ def _make_prep_sinkmatch(**kwargs):
 
 
 def _prep_sinkmatch_grouped(w: Workload):
-    """sinkmatch.grouped_sinkhorn_loss (list form), the CSS-CCNN++ loss API: value and gradient only."""
+    """sinkmatch.grouped_sinkhorn_loss (list form), the CSS-CCNN++ loss API: value, gradient."""
     from sinkmatch import grouped_sinkhorn_loss
 
     probs = _torch_problems(w)
@@ -666,8 +668,9 @@ def _skip_geomloss(w: Workload) -> str | None:
 def _skip_ott(w: Workload) -> str | None:
     if w.mode == "batch":
         return (
-            "measured while building this harness: vmap over the 64 problems padded to 400 with zero weights "
-            "takes 86 s for the first (jit) call and 58 s per call after, beyond the per-case limit; "
+            "measured while building this harness: vmap over the 64 problems padded to 400 with "
+            "zero weights takes 86 s for the first (jit) call and 58 s per call after, beyond the "
+            "per-case limit; "
             "a loop would compile 64 shapes"
         )
     return None

@@ -178,7 +178,7 @@ def online_halfstep(writer, sizes=(4096, 16384), dims=(1, 3)) -> None:
 
 
 def online_memory(writer, n: int = 16384, max_iter: int = 3) -> None:
-    """Peak resident memory (ru_maxrss, whole process) of an online solve with N = M = n, 3-D points.
+    """Peak resident memory (ru_maxrss, whole process) of an online solve, N = M = n, 3-D points.
 
     One thread: on a loaded 2-core machine a second OpenMP thread waits on a busy core and the
     same solve took 118 s instead of about 5 s.
@@ -201,7 +201,8 @@ def online_memory(writer, n: int = 16384, max_iter: int = 3) -> None:
         n_iter=res.n_iter,
         marginal_error="",
         seconds_fwd_bwd=f"{wall:.3f}",
-        peak_rss_mib=f"{after:.0f} (before: {before:.0f}; a dense float32 cost would be {n * n * 4 / 2**20:.0f})",
+        peak_rss_mib=f"{after:.0f} (before: {before:.0f}; "
+        f"a dense float32 cost would be {n * n * 4 / 2**20:.0f})",
     )
     writer.writerow(row)
     print(row, flush=True)

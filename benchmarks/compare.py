@@ -345,7 +345,8 @@ def reference_entropic(
 ):
     r"""Tightly converged float64 entropic OT (dense): value and d/dx. Independent of sinkmatch.
 
-    ``tol`` (L1 marginal error) 1e-6: measured, the gradient then differs by < 1e-4 (relative) from one at 1e-8,
+    ``tol`` (L1 marginal error) 1e-6: measured, the gradient then differs by < 1e-4 (relative)
+    from one at 1e-8,
     two orders below the 1e-3 convergence threshold of the comparison.
 
     With ``init = (f0, g0)`` (the exact EMD duals) the ε schedule is 8ε, 4ε, 2ε, ε; without, it
@@ -353,8 +354,8 @@ def reference_entropic(
     potentials, then the scalings iterate on the absorbed kernel
     :math:`\tilde K = e^{(f \oplus g - C)/\varepsilon}` (matrix-vector products, float64), absorbing
     into (f, g) whenever a scaling leaves [1e-100, 1e100]. The gradient is that of
-    :math:`\mathrm{OT}_\varepsilon` at the optimum, :math:`2 (a_i x_i - \sum_j P_{ij} y_j)` (envelope
-    theorem).
+    :math:`\mathrm{OT}_\varepsilon` at the optimum, :math:`2 (a_i x_i - \sum_j P_{ij} y_j)`
+    (envelope theorem).
 
     Returns:
         (value, (N, D) gradient, final L1 error, iterations).
@@ -626,7 +627,7 @@ def _spawn(spec: dict, timeout: float) -> dict:
 
 
 def _floor_for(floor: dict, entries: int) -> float | None:
-    """Precomputed-cost lse throughput measured at the size closest (in log scale) to ``entries``."""
+    """Precomputed-cost lse throughput measured at the size closest (log scale) to ``entries``."""
     best, best_d = None, math.inf
     for key, val in floor.items():
         kind, n = key.split(":")
@@ -732,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
         el = time.perf_counter() - t_start
         tm = f"{float(full['time_s']):.4g}s" if full["time_s"] not in ("", None) else "-"
         print(
-            f"[{el:6.0f}s] {full['workload']:<24} {full['adapter']:<26} {full['status']:<8} {tm:>10} "
+            f"[{el:6.0f}s] {full['workload']:<24} {full['adapter']:<26} {full['status']:<8} "
+            f"{tm:>10} "
             f"it={full['n_iter']!s:<6} err=({_fmt(full['err_a'])},{_fmt(full['err_b'])}) "
             f"grad={_fmt(full['grad_rel_err'])} {str(full['reason'])[:80]}",
             flush=True,

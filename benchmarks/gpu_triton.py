@@ -8,7 +8,7 @@ when the total budget is spent)::
 
 or on a CPU, through Triton's interpreter and at toy sizes, to check that it runs::
 
-    python benchmarks/gpu_triton.py --smoke              # -> benchmarks/results/gpu_triton_smoke.csv
+    python benchmarks/gpu_triton.py --smoke        # -> benchmarks/results/gpu_triton_smoke.csv
 
 What it does, in order:
 

@@ -13,7 +13,8 @@ otherwise lower bounds). The work is vectorized over rows: a binary search per r
 
 Usage::
 
-    python benchmarks/levers.py [--sizes 1568,16384,65536] [--out benchmarks/results/levers_band.csv]
+    python benchmarks/levers.py [--sizes 1568,16384,65536] \
+        [--out benchmarks/results/levers_band.csv]
 """
 
 from __future__ import annotations

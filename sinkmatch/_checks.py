@@ -284,7 +284,7 @@ def check_same_device(**tensors: Tensor | None) -> torch.device:
 
 
 def compute_dtype(*tensors: Tensor | None) -> torch.dtype:
-    """The dtype computations run in: the promoted dtype, with float16/bfloat16 raised to float32."""
+    """The dtype computations run in: the promoted dtype, float16/bfloat16 raised to float32."""
     dtype: torch.dtype | None = None
     for t in tensors:
         if isinstance(t, Tensor) and t.is_floating_point():

@@ -68,7 +68,8 @@ class Cost:
             weights ((B, N, M) Tensor): Cotangent :math:`G_{ij}` of the cost matrix.
 
         Returns:
-            tuple: ``(gx, gy)`` with ``gx`` (B, N, D) :math:`= \sum_j G_{ij}\,\partial_x C(x_i, y_j)`
+            tuple: ``(gx, gy)`` with
+            ``gx`` (B, N, D) :math:`= \sum_j G_{ij}\,\partial_x C(x_i, y_j)`
             and ``gy`` (B, M, D) :math:`= \sum_i G_{ij}\,\partial_y C(x_i, y_j)`.
         """
         raise NotImplementedError(f"cost {self!r} has no closed-form vector-Jacobian product")

@@ -262,7 +262,8 @@ def exact_1d_potentials(
 
     .. math::
 
-        f_{i_k} - f_{i_{k-1}} = C(x_{i_k}, y_{j_k}) - C(x_{i_k - 1}, y_{j_k}) \text{ on a step down},
+        f_{i_k} - f_{i_{k-1}} = C(x_{i_k}, y_{j_k}) - C(x_{i_k - 1}, y_{j_k})
+            \text{ on a step down},
         \qquad g_{j_k} = C(x_{i_k}, y_{j_k}) - f_{i_k}.
 
     For :math:`p = 2` this integrates :math:`f'(x) = 2(x - T(x))` with :math:`T` the (piecewise

@@ -405,10 +405,12 @@ def distribution_matching_loss(
     Defaults aim at a correct loss: ``value="regularized"`` is the objective whose gradient the
     solver returns exactly at convergence. It carries the entropic bias (it is not minimal at
     ``pred`` distributed as the prior; negligible when ``eps`` is small against the squared
-    spread of the counts); ``value="divergence"`` removes it at the price of two more solves. To reproduce the original CSS-CCNN training loss use
+    spread of the counts); ``value="divergence"`` removes it at the price of two more solves. To
+    reproduce the original CSS-CCNN training loss use
     ``value="transport", eps=0.1, scale=0.01, samples_per_prediction=49/9`` (plus, for its
     truncated unrolled solve from zero potentials, ``grad="autodiff", init=None, eps_scaling=None,
-    max_iter=1000``; its stopping rule on potential changes is not reproduced), and for CSS-CCNN++ ``split_q=0.3,
+    max_iter=1000``; its stopping rule on potential changes is not reproduced), and for CSS-CCNN++
+    ``split_q=0.3,
     split_mode="legacy"``.
 
     Args:
@@ -534,7 +536,8 @@ class DistributionMatchingLoss(nn.Module):
         super().__init__()
         if not callable(getattr(prior, "sample", None)):
             raise TypeError(
-                f"prior must offer sample(n, *, generator, device, dtype), got {type(prior).__name__}"
+                "prior must offer sample(n, *, generator, device, dtype), got "
+                f"{type(prior).__name__}"
             )
         _target_size(1, num_samples, samples_per_prediction)  # validate early
         check_real("split_q", split_q, gt=0, lt=1, none_ok=True)

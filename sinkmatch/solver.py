@@ -6,7 +6,8 @@ For measures :math:`\alpha = \sum_i a_i \delta_{x_i}` and :math:`\beta = \sum_j 
 .. math::
 
     \mathrm{OT}_\varepsilon(\alpha, \beta)
-        = \min_{P \in \Pi(a, b)} \langle P, C \rangle + \varepsilon\,\mathrm{KL}(P \,|\, a \otimes b)
+        = \min_{P \in \Pi(a, b)} \langle P, C \rangle
+          + \varepsilon\,\mathrm{KL}(P \,|\, a \otimes b)
         = \max_{f, g}\; \langle a, f \rangle + \langle b, g \rangle
           - \varepsilon \langle a \otimes b, e^{(f \oplus g - C)/\varepsilon} - 1 \rangle,
 
@@ -422,7 +423,8 @@ def sinkhorn(
         grad: ``"envelope"``: iterate under ``torch.no_grad()``, then take one differentiable
             step on the detached potentials; exact for ``"regularized"`` and ``"divergence"``
             at convergence (envelope theorem). For ``"transport"`` the gradient is that of
-            :math:`\mathrm{OT}_\varepsilon` (plan held fixed, :math:`\sum_j P_{ij}\partial_x C_{ij}`),
+            :math:`\mathrm{OT}_\varepsilon` (plan held fixed,
+            :math:`\sum_j P_{ij}\partial_x C_{ij}`),
             an approximation of the gradient of :math:`\langle P_\varepsilon, C\rangle`.
             ``"autodiff"``: differentiate through the unrolled loop (memory grows with the
             iterations; for checking and for exact gradients of the truncated ``"transport"``

@@ -93,7 +93,8 @@ def test_compare_smallest_case_end_to_end(tmp_path):
     # the plot script turns the CSV into tables between markers, leaving the prose alone
     doc = tmp_path / "bench.md"
     doc.write_text(
-        "# Bench\n\nprose stays\n\n<!-- BEGIN GENERATED: bars -->\nold\n<!-- END GENERATED: bars -->\n"
+        "# Bench\n\nprose stays\n\n"
+        "<!-- BEGIN GENERATED: bars -->\nold\n<!-- END GENERATED: bars -->\n"
     )
     assert (
         plot_results.main(

@@ -1,4 +1,4 @@
-"""Losses: plain, grouped (one solve == a loop), distribution matching (CSS-CCNN / ++), exact 1-D."""
+"""Losses: plain, grouped (one solve == a loop), distribution matching (CSS-CCNN, ++), exact 1-D."""
 
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ class Geometry:
 
     # -- the loop ---------------------------------------------------------------------------
     def f_update(self, g: Tensor, eps: float) -> Tensor:
-        r"""The loop's f half step :math:`f_i = \operatorname{softmin}(x, y, \log b + g/\varepsilon)_i`.
+        r"""The loop's f half step: :math:`\operatorname{softmin}(x, y, \log b + g/\varepsilon)`.
 
         Rows past the last positive weight may be left unspecified (valid lengths).
         """
@@ -174,13 +174,13 @@ class Geometry:
         return self.backend.softmin(eps, p.x, p.y, p.log_b + g / eps, p.cost, **self._rows)
 
     def g_update(self, f: Tensor, eps: float) -> Tensor:
-        r"""The loop's g half step :math:`g_j = \operatorname{softmin}(y, x, \log a + f/\varepsilon)_j`."""
+        r"""The loop's g half step: :math:`\operatorname{softmin}(y, x, \log a + f/\varepsilon)`."""
         p = self.problem
         return self.backend.softmin(eps, p.y, p.x, p.log_a + f / eps, p.cost, **self._cols)
 
     # -- the end of a solve -----------------------------------------------------------------
     def complete_g(self, f: Tensor, g: Tensor, eps: float) -> Tensor:
-        """``g`` on every point: the loop's last ``g = g_update(f)``, recomputed where it skipped rows.
+        """``g`` on every point: the loop's last ``g_update(f)``, recomputed where it skipped rows.
 
         With valid lengths the loop leaves the rows of ``g`` at zero-weight trailing points
         unspecified; the returned potentials must be defined there too.
@@ -207,7 +207,7 @@ class Geometry:
 
     # -- plan reductions --------------------------------------------------------------------
     def transport_cost(self, g: Tensor, eps: float, *, differentiable: bool = False) -> Tensor:
-        r""":math:`\langle P, C\rangle` per problem, (B,), for the plan with exact rows built from ``g``.
+        r""":math:`\langle P, C\rangle` per problem, (B,), for the plan with exact rows from ``g``.
 
         :math:`P_{ij} = a_i \pi_{ij}` with :math:`\pi` the row-normalized plan of ``g``. Streamed
         over tiles without a graph, or, with ``differentiable``, through the materialized plan
@@ -224,14 +224,20 @@ class Geometry:
             return (p.a * plan_expected_cost(eps, p.x, p.y, h, p.cost, lse=lse)).sum(-1)
 
     def barycentric_map(self, g: Tensor, eps: float) -> Tensor:
-        r""":math:`T(x_i) = \sum_j \pi_{ij} y_j` for the row-normalized plan of ``g``, (B, N, D), detached."""
+        r""":math:`T(x_i) = \sum_j \pi_{ij} y_j`, (B, N, D), for the row-normalized plan of ``g``.
+
+        Detached; streamed over tiles.
+        """
         p = self.problem
         with torch.no_grad():
             h = p.log_b + g.detach() / eps
             return plan_matmul(eps, p.x, p.y, h, p.cost, p.y)
 
     def plan(self, f: Tensor, g: Tensor, eps: float) -> Tensor:
-        r"""The plan :math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon}`, (B, N, M), detached."""
+        r"""The plan :math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon}`, (B, N, M).
+
+        Detached; materializes the cost matrix.
+        """
         p = self.problem
         with torch.no_grad():
             c = p.cost.matrix(p.x, p.y)

@@ -52,7 +52,10 @@ def logsumexp(scores: Tensor, dim: int, *, inplace: bool = False) -> Tensor:
 
 
 def softmin_matrix(eps: float, c: Tensor, h: Tensor) -> Tensor:
-    r""":math:`-\varepsilon \log \sum_j \exp(h_j - C_{ij}/\varepsilon)` for a cost matrix ``c`` (B, N, M)."""
+    r"""Soft-min :math:`-\varepsilon \log \sum_j \exp(h_j - C_{ij}/\varepsilon)` of a cost matrix.
+
+    ``c`` is (B, N, M), ``h`` (B, M); returns (B, N).
+    """
     scores = torch.add(h[:, None, :], c, alpha=-1.0 / eps)
     return -eps * logsumexp(scores, dim=2, inplace=True)
 
@@ -243,7 +246,8 @@ class StabilizedKernel:
         self.f_ref, self.g_ref = f_ref, g_ref
 
     def _ctransform(self, pot: Tensor, mask: Tensor, *, dim: int) -> Tensor:
-        r""":math:`\min_k C - p_k` over the supported points ``k`` along ``dim`` (1: rows, 2: columns)."""
+        r""":math:`\min_k C - p_k` over the supported points ``k`` along ``dim`` (1: rows, 2: cols).
+        """
         expand = pot[:, None, :] if dim == 2 else pot[:, :, None]
         diff = self.cost - expand
         if not bool(mask.all()):
@@ -275,7 +279,7 @@ class StabilizedKernel:
         return self._apply(self.kernel, h, self.f_ref, self.g_ref, self._lengths)
 
     def cols(self, h: Tensor) -> Tensor | None:
-        """Soft-min over the rows, (B, M); ``None`` when unsafe (trailing padding as in ``rows``)."""
+        """Soft-min over the rows, (B, M); ``None`` when unsafe (trailing padding: as ``rows``)."""
         lengths = None if self._lengths is None else self._lengths[::-1]
         return self._apply(self.kernel.transpose(1, 2), h, self.g_ref, self.f_ref, lengths)
 

@@ -426,7 +426,8 @@ def triton_softmin(
     interpret = _use_interpreter(x.device)
     if not interpret and min(block_n, block_m) < 16:
         raise ValueError(
-            f"block_n and block_m must be >= 16 on the GPU (tl.dot tiles), got {block_n} and {block_m}"
+            "block_n and block_m must be >= 16 on the GPU (tl.dot tiles), got "
+            f"{block_n} and {block_m}"
         )
     b, n, _ = x.shape
     m = y.shape[1]

@@ -103,7 +103,8 @@ def solve_lambda(
     if f0 <= 0.0:
         raise ValueError(
             f"no lambda > 0 works: already the pure power law (lambda = 0, alpha={alpha:g}) has "
-            f"CDF(C_max={c_max:g}) = {-math.expm1(f0 + target):.6g} >= 1 - 1/S = {1 - 1 / num_images:.6g}; "
+            f"CDF(C_max={c_max:g}) = {-math.expm1(f0 + target):.6g} >= "
+            f"1 - 1/S = {1 - 1 / num_images:.6g}; "
             f"increase cf_max or num_images, or lower alpha"
         )
     # the shifted exponential dominates the truncated power law: 1 - F(c) <= exp(-lam (c - x_min)),
@@ -203,7 +204,8 @@ class CountPrior(PriorBase):
             check_real("crops_per_image", crops_per_image, gt=0)
             if x_min != 1.0 or threshold is not None:
                 raise ValueError(
-                    "mode='legacy' reproduces the original code (x_min = 1 and its own threshold); got "
+                    "mode='legacy' reproduces the original code (x_min = 1 and its own "
+                    "threshold); got "
                     f"x_min={x_min!r}, threshold={threshold!r}: use mode='exact' to change them"
                 )
             lam = legacy_lambda(cf_max, num_images, alpha=alpha)
@@ -248,7 +250,8 @@ class CountPrior(PriorBase):
         c_max = "None" if self.c_max is None else f"{self.c_max:.6g}"
         return (
             f"CountPrior(mode={self.mode!r}, alpha={self.alpha:g}, lam={self.lam:.6g}, "
-            f"x_min={self.x_min:g}, threshold={self.threshold:.6g}, head_weight={self.head_weight:.4g}, "
+            f"x_min={self.x_min:g}, threshold={self.threshold:.6g}, "
+            f"head_weight={self.head_weight:.4g}, "
             f"c_max={c_max})"
         )
 

@@ -14,7 +14,8 @@ exponential                 :math:`p = \lambda e^{-\lambda (c - x_{\min})}`
 ==========================  ============================================================
 
 Estimators: the power law and the exponential in closed form; the truncated power law by
-profiling λ (the score equation :math:`E_{\alpha,\lambda}[C] = \bar x` is solved with ``brentq``) and
+profiling λ (the score equation :math:`E_{\alpha,\lambda}[C] = \bar x` is solved with
+``brentq``) and
 maximizing the concave profile log-likelihood in α (it is an exponential family in
 :math:`(\alpha, \lambda)`); the log-normal by BFGS on :math:`(\mu, \log\sigma)` with the analytic
 gradient.

@@ -56,13 +56,17 @@ class HeadRedistributed(PriorBase):
             threshold = float(base.ppf(head_mass))
             if not (math.isfinite(threshold) and threshold > 0):
                 raise ValueError(
-                    f"base.ppf(head_mass={head_mass!r}) = {threshold!r} is not a usable threshold (need > 0)"
+                    f"base.ppf(head_mass={head_mass!r}) = {threshold!r} is not a usable "
+                    "threshold (need > 0)"
                 )
         self.threshold = check_real("threshold", threshold, gt=0)
         self.head_weight = float(base.cdf(self.threshold))
 
     def __repr__(self) -> str:
-        return f"HeadRedistributed({self.base!r}, threshold={self.threshold:.6g}, head_weight={self.head_weight:.4g})"
+        return (
+            f"HeadRedistributed({self.base!r}, threshold={self.threshold:.6g}, "
+            f"head_weight={self.head_weight:.4g})"
+        )
 
     def _cdf(self, c: np.ndarray) -> np.ndarray:
         t, w = self.threshold, self.head_weight

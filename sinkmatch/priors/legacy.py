@@ -102,7 +102,8 @@ def legacy_lambda(cf_max: float, num_images: float, *, alpha: float = 2.0) -> fl
     if ok.size == 0:
         raise ValueError(
             f"no lambda in the legacy grid 0.001..0.099 gives CDF(C_max={c_max:g}) > 1 - 1/S = "
-            f"{1.0 - 1.0 / num_images:.6g} (cf_max={cf_max!r} too small for num_images={num_images!r})"
+            f"{1.0 - 1.0 / num_images:.6g} (cf_max={cf_max!r} too small for "
+            f"num_images={num_images!r})"
         )
     return float(grid[ok[0]])
 
@@ -131,7 +132,8 @@ def legacy_threshold(alpha: float, lam: float) -> float:
     ok = np.nonzero(legacy_cdf(grid, alpha, lam) > _LEGACY_THRESHOLD_LEVEL)[0]
     if ok.size == 0:
         raise ValueError(
-            f"no threshold in 1.00001..9.99 has legacy CDF > {_LEGACY_THRESHOLD_LEVEL} for alpha={alpha!r}, lam={lam!r}"
+            f"no threshold in 1.00001..9.99 has legacy CDF > {_LEGACY_THRESHOLD_LEVEL} for "
+            f"alpha={alpha!r}, lam={lam!r}"
         )
     return float(grid[ok[0]])
 

@@ -46,7 +46,9 @@ _TAIL_FACTOR = 20.0  # lambda * x_K >= 20 alpha: tail acceptance >= 1/(1 + 1/20)
 
 
 class TruncatedPowerLaw(PriorBase):
-    r"""Power law with exponential cut-off, :math:`p(c) \propto c^{-\alpha} e^{-\lambda c}`, c >= x_min.
+    r"""Power law with exponential cut-off, :math:`p(c) \propto c^{-\alpha} e^{-\lambda c}`.
+
+    Supported on ``c >= x_min``.
 
     Args:
         alpha: Exponent, > 0 (any value, including alpha <= 1, when ``lam > 0``).
@@ -68,7 +70,8 @@ class TruncatedPowerLaw(PriorBase):
         self.x_min = check_real("x_min", x_min, gt=0)
         if self.lam == 0.0 and self.alpha <= 1.0:
             raise ValueError(
-                f"lam = 0 (pure power law) needs alpha > 1 to be normalizable, got alpha={self.alpha!r}"
+                "lam = 0 (pure power law) needs alpha > 1 to be normalizable, got "
+                f"alpha={self.alpha!r}"
             )
         self._a = 1.0 - self.alpha
         if self.lam > 0.0:
@@ -160,7 +163,7 @@ class TruncatedPowerLaw(PriorBase):
         return np.exp(y)
 
     def mean(self) -> float:
-        r""":math:`E[C]`: :math:`x_{\min} Q(2-\alpha, \lambda x_{\min}) / Q(1-\alpha, \lambda x_{\min})`
+        r""":math:`E[C] = x_{\min} Q(2-\alpha, \lambda x_{\min}) / Q(1-\alpha, \lambda x_{\min})`
         (``inf`` for a pure power law with alpha <= 2)."""
         if self.lam == 0.0:
             return (
@@ -172,7 +175,7 @@ class TruncatedPowerLaw(PriorBase):
         return self.x_min * float(scaled_gammaincc(2.0 - self.alpha, z0)) / math.exp(self._log_q0)
 
     def partial_mean(self, t: float) -> float:
-        r""":math:`E[C\,1\{C < t\}]`, the mean restricted below ``t`` (used by head redistribution)."""
+        r""":math:`E[C\,1\{C < t\}]`, the mean restricted below ``t`` (for head redistribution)."""
         t = float(t)
         if t <= self.x_min:
             return 0.0
@@ -297,7 +300,9 @@ def _alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Pareto(TruncatedPowerLaw):
-    r"""Pareto (pure power law) :math:`p(c) = \frac{\alpha-1}{x_{\min}} (c/x_{\min})^{-\alpha}`, c >= x_min.
+    r"""Pareto (pure power law), :math:`p(c) = \frac{\alpha-1}{x_{\min}} (c/x_{\min})^{-\alpha}`.
+
+    Supported on ``c >= x_min``.
 
     The ``lam = 0`` case of :class:`TruncatedPowerLaw`, with closed-form cdf, ppf and sampling.
 
