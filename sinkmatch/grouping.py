@@ -135,6 +135,64 @@ def _check_ids(groups: object, n: int, num_groups: int | None) -> tuple[Tensor, 
     return ids, num_groups
 
 
+def _id_form(values: Tensor, weights, groups, num_groups):
+    """The id form: ``(x (N, D), ids (N,), G, weights or None, index in the input (N,))``."""
+    if groups is None:
+        raise ValueError(
+            "pack_groups(values=Tensor) needs groups= (one id per point); pass a list of "
+            "tensors for the list form"
+        )
+    x = _as_point_rows(values, "values")
+    ids, num_groups = _check_ids(groups, x.shape[0], num_groups)
+    if weights is not None and not isinstance(weights, Tensor):
+        raise TypeError(f"weights must be a Tensor in the id form, got {type(weights).__name__}")
+    return x, ids, num_groups, weights, torch.arange(x.shape[0], device=x.device)
+
+
+def _list_form(values, weights):
+    """The list form, concatenated: ``(x, ids, G, weights or None, index within the group)``."""
+    if not isinstance(values, Sequence) or len(values) == 0:
+        raise ValueError(f"values must be a Tensor or a non-empty list of Tensors, got {values!r}")
+    rows = [_as_point_rows(v, f"values[{k}]") for k, v in enumerate(values)]
+    dims = {r.shape[1] for r in rows}
+    if len(dims) > 1:
+        raise ValueError(f"all groups must have the same dimension D, got {sorted(dims)}")
+    if len({r.device for r in rows}) > 1 or len({r.dtype for r in rows}) > 1:
+        raise ValueError(
+            "all groups must share one dtype and device, got "
+            f"{sorted({(str(r.dtype), str(r.device)) for r in rows})}"
+        )
+    sizes = [r.shape[0] for r in rows]
+    x = torch.cat(rows, dim=0)
+    num_groups = len(rows)
+    ids = torch.repeat_interleave(
+        torch.arange(num_groups, device=x.device), torch.tensor(sizes, device=x.device)
+    )
+    local_index = torch.cat([torch.arange(s, device=x.device) for s in sizes])
+    if weights is None:
+        return x, ids, num_groups, None, local_index
+    if isinstance(weights, Tensor) or len(weights) != num_groups:
+        raise ValueError(f"weights must be a list of {num_groups} Tensors (one per group)")
+    for k, (wk, s) in enumerate(zip(weights, sizes)):
+        if not isinstance(wk, Tensor) or wk.shape != (s,):
+            got = tuple(wk.shape) if isinstance(wk, Tensor) else type(wk).__name__
+            raise ValueError(f"weights[{k}] must be a Tensor of shape ({s},), got {got}")
+    return x, ids, num_groups, torch.cat(list(weights)), local_index
+
+
+def _check_point_weights(w: Tensor, x: Tensor) -> None:
+    n = x.shape[0]
+    if w.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},), got {tuple(w.shape)}")
+    if not w.is_floating_point():
+        raise TypeError(f"weights must have a floating dtype, got dtype={w.dtype}")
+    if w.device != x.device:
+        raise ValueError(f"weights must be on the values' device {x.device}, got {w.device}")
+    check_finite("weights", w)
+    if n and bool((w < 0).any()):
+        raise ValueError(f"weights must be nonnegative, got min {float(w.min())}")
+
+
 def pack_groups(
     values: Tensor | Sequence[Tensor],
     weights: Tensor | Sequence[Tensor] | None = None,
@@ -178,64 +236,15 @@ def pack_groups(
             of range, or ``num_groups``/``groups`` given with the list form.
     """
     if isinstance(values, Tensor):
-        if groups is None:
-            raise ValueError(
-                "pack_groups(values=Tensor) needs groups= (one id per point); pass a list of "
-                "tensors for the list form"
-            )
-        x = _as_point_rows(values, "values")
-        ids, num_groups = _check_ids(groups, x.shape[0], num_groups)
-        if weights is not None and not isinstance(weights, Tensor):
-            raise TypeError(
-                f"weights must be a Tensor in the id form, got {type(weights).__name__}"
-            )
-        w = weights
-        local_index = torch.arange(x.shape[0], device=x.device)
+        x, ids, num_groups, w, local_index = _id_form(values, weights, groups, num_groups)
     else:
         if groups is not None or num_groups is not None:
             raise ValueError("groups= and num_groups= belong to the id form (values a Tensor)")
-        if not isinstance(values, Sequence) or len(values) == 0:
-            raise ValueError(
-                f"values must be a Tensor or a non-empty list of Tensors, got {values!r}"
-            )
-        rows = [_as_point_rows(v, f"values[{k}]") for k, v in enumerate(values)]
-        dims = {r.shape[1] for r in rows}
-        if len(dims) > 1:
-            raise ValueError(f"all groups must have the same dimension D, got {sorted(dims)}")
-        if len({r.device for r in rows}) > 1 or len({r.dtype for r in rows}) > 1:
-            raise ValueError(
-                "all groups must share one dtype and device, got "
-                f"{sorted({(str(r.dtype), str(r.device)) for r in rows})}"
-            )
-        sizes_list = [r.shape[0] for r in rows]
-        x = torch.cat(rows, dim=0)
-        num_groups = len(rows)
-        sizes_t = torch.tensor(sizes_list, device=x.device)
-        ids = torch.repeat_interleave(torch.arange(num_groups, device=x.device), sizes_t)
-        local_index = torch.cat([torch.arange(s, device=x.device) for s in sizes_list])
-        if weights is None:
-            w = None
-        else:
-            if isinstance(weights, Tensor) or len(weights) != num_groups:
-                raise ValueError(f"weights must be a list of {num_groups} Tensors (one per group)")
-            for k, (wk, s) in enumerate(zip(weights, sizes_list)):
-                if not isinstance(wk, Tensor) or wk.shape != (s,):
-                    got = tuple(wk.shape) if isinstance(wk, Tensor) else type(wk).__name__
-                    raise ValueError(f"weights[{k}] must be a Tensor of shape ({s},), got {got}")
-            w = torch.cat(list(weights))
-
+        x, ids, num_groups, w, local_index = _list_form(values, weights)
     n, dim = x.shape
     check_finite("values", x)
     if w is not None:
-        if w.shape != (n,):
-            raise ValueError(f"weights must have shape ({n},), got {tuple(w.shape)}")
-        if not w.is_floating_point():
-            raise TypeError(f"weights must have a floating dtype, got dtype={w.dtype}")
-        if w.device != x.device:
-            raise ValueError(f"weights must be on the values' device {x.device}, got {w.device}")
-        check_finite("weights", w)
-        if n and bool((w < 0).any()):
-            raise ValueError(f"weights must be nonnegative, got min {float(w.min())}")
+        _check_point_weights(w, x)
 
     sizes = torch.bincount(ids, minlength=num_groups)
     n_max = int(sizes.max()) if num_groups > 0 else 0

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from sinkmatch._checks import check_choice, check_positive_int, check_real, compute_dtype
 from sinkmatch.exact1d import wasserstein_1d
-from sinkmatch.grouping import pack_groups, percentile_split
+from sinkmatch.grouping import PackedGroups, pack_groups, percentile_split
 from sinkmatch.solver import VALUES, sinkhorn
 
 __all__ = [
@@ -165,6 +165,42 @@ class SinkhornLoss(nn.Module):
 # --------------------------------------------------------------------------- grouped
 
 
+def _pack_pair(xs, ys, a, b, x_groups, y_groups, num_groups) -> tuple[PackedGroups, PackedGroups]:
+    """Both sides of :func:`grouped_sinkhorn_loss` packed, in the list or the id form."""
+    if isinstance(xs, Tensor) != isinstance(ys, Tensor):
+        raise TypeError(
+            "xs and ys must both be lists of tensors or both tensors with group ids, got "
+            f"{type(xs).__name__} and {type(ys).__name__}"
+        )
+    if isinstance(xs, Tensor):
+        if x_groups is None or y_groups is None:
+            raise ValueError("the tensor form needs x_groups= and y_groups= (one id per point)")
+        if num_groups is None:
+            largest = [
+                int(g.max()) for g in (x_groups, y_groups) if isinstance(g, Tensor) and g.numel()
+            ]
+            num_groups = max(largest, default=-1) + 1
+        px = pack_groups(xs, a, groups=x_groups, num_groups=num_groups)
+        py = pack_groups(ys, b, groups=y_groups, num_groups=num_groups)
+    else:
+        if x_groups is not None or y_groups is not None or num_groups is not None:
+            raise ValueError("x_groups=, y_groups= and num_groups= belong to the tensor form")
+        if not isinstance(xs, Sequence) or not isinstance(ys, Sequence) or len(xs) != len(ys):
+            raise ValueError(
+                f"xs and ys must be lists with one tensor per group and the same length, got "
+                f"{len(xs) if isinstance(xs, Sequence) else xs!r} and "
+                f"{len(ys) if isinstance(ys, Sequence) else ys!r}"
+            )
+        px = pack_groups(xs, a)
+        py = pack_groups(ys, b)
+    if px.points.shape[-1] != py.points.shape[-1]:
+        raise ValueError(
+            f"x and y points must have the same dimension, got {px.points.shape[-1]} and "
+            f"{py.points.shape[-1]}"
+        )
+    return px, py
+
+
 def grouped_sinkhorn_loss(
     xs: Tensor | Sequence[Tensor],
     ys: Tensor | Sequence[Tensor],
@@ -236,37 +272,7 @@ def grouped_sinkhorn_loss(
     """
     _check_reduction(reduction)
     _check_value(value)
-    if isinstance(xs, Tensor) != isinstance(ys, Tensor):
-        raise TypeError(
-            "xs and ys must both be lists of tensors or both tensors with group ids, got "
-            f"{type(xs).__name__} and {type(ys).__name__}"
-        )
-    if isinstance(xs, Tensor):
-        if x_groups is None or y_groups is None:
-            raise ValueError("the tensor form needs x_groups= and y_groups= (one id per point)")
-        if num_groups is None:
-            largest = [
-                int(g.max()) for g in (x_groups, y_groups) if isinstance(g, Tensor) and g.numel()
-            ]
-            num_groups = max(largest, default=-1) + 1
-        px = pack_groups(xs, a, groups=x_groups, num_groups=num_groups)
-        py = pack_groups(ys, b, groups=y_groups, num_groups=num_groups)
-    else:
-        if x_groups is not None or y_groups is not None or num_groups is not None:
-            raise ValueError("x_groups=, y_groups= and num_groups= belong to the tensor form")
-        if not isinstance(xs, Sequence) or not isinstance(ys, Sequence) or len(xs) != len(ys):
-            raise ValueError(
-                f"xs and ys must be lists with one tensor per group and the same length, got "
-                f"{len(xs) if isinstance(xs, Sequence) else xs!r} and "
-                f"{len(ys) if isinstance(ys, Sequence) else ys!r}"
-            )
-        px = pack_groups(xs, a)
-        py = pack_groups(ys, b)
-    if px.points.shape[-1] != py.points.shape[-1]:
-        raise ValueError(
-            f"x and y points must have the same dimension, got {px.points.shape[-1]} and "
-            f"{py.points.shape[-1]}"
-        )
+    px, py = _pack_pair(xs, ys, a, b, x_groups, y_groups, num_groups)
     n_groups = px.points.shape[0]
     valid = px.nonempty & py.nonempty
     dtype = compute_dtype(px.points, py.points)
