@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import doctest
 import importlib
 import json
+import pkgutil
 import subprocess
 import sys
 
@@ -93,3 +95,14 @@ def test_public_names_survive_importing_every_submodule() -> None:
         timeout=300,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def _modules() -> list[str]:
+    names = [info.name for info in pkgutil.walk_packages(sinkmatch.__path__, "sinkmatch.")]
+    return ["sinkmatch", *(n for n in names if not n.endswith("_triton_kernels"))]
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_doctests_run(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
