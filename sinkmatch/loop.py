@@ -10,7 +10,7 @@ One iteration of a two-sided problem takes the two half steps of a
 
 with :math:`T_x(g)_i = -\varepsilon \log \sum_j b_j e^{(g_j - C_{ij})/\varepsilon}` (and
 :math:`T_y` likewise over the rows). :math:`\omega = 1` is plain Sinkhorn; :math:`\omega > 1` is
-over-relaxation (Thibault et al. 2017; Lehmann et al. 2021), which :class:`Relaxation` steers.
+over-relaxation (Thibault et al. 2017), which :class:`Relaxation` steers.
 Symmetric problems (:math:`x = y`, the self terms of the divergence) use the averaged update
 :math:`f \leftarrow (f + T(f))/2` (Feydy et al. 2019).
 
