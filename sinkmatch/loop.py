@@ -40,7 +40,7 @@ from torch import Tensor
 
 from sinkmatch.backends.base import Geometry
 
-__all__ = ["Level", "iterate", "levels", "line_search", "marginal_error"]
+__all__ = ["Level", "build_levels", "iterate", "line_search", "marginal_error"]
 
 # Intermediate ε levels: iterate until the L1 marginal error is below LEVEL_TOL, checked every
 # LEVEL_CHECK_EVERY iterations, for at most LEVEL_MAX_ITER iterations (FIXED_LEVEL_ITER in
@@ -79,14 +79,14 @@ class Level:
         return self.max_iter is None
 
 
-def levels(
+def build_levels(
     schedule: list[float], *, tol: float, check_every: int, max_iter: int, fixed: bool
 ) -> list[Level]:
     """The levels of an ε schedule (target ε last); fixed mode keeps the last levels that fit.
 
     Example:
-        >>> [lv.eps for lv in levels([4.0, 2.0, 1.0], tol=1e-3, check_every=10, max_iter=8,
-        ...                          fixed=True)]  # half of 8 iterations: one level of 3
+        >>> [lv.eps for lv in build_levels([4.0, 2.0, 1.0], tol=1e-3, check_every=10, max_iter=8,
+        ...                                fixed=True)]  # half of 8 iterations: one level of 3
         [2.0, 1.0]
     """
     scaling = schedule[:-1]
@@ -300,9 +300,9 @@ def _run_symmetric_level(
 
 
 def iterate(
-    geom: Geometry, f: Tensor, g: Tensor, plan: list[Level], *, max_iter: int, fixed: bool
+    geom: Geometry, f: Tensor, g: Tensor, levels: list[Level], *, max_iter: int, fixed: bool
 ) -> tuple[Tensor, Tensor, int]:
-    """Run the levels of ``plan``; returns the last pair ``(f, g)`` and the iteration count.
+    """Run ``levels`` in order; returns the last pair ``(f, g)`` and the iteration count.
 
     Intermediate levels share half of ``max_iter`` (each at most its own ``max_iter``; in fixed
     mode exactly that many); the final level gets the rest. The returned ``g`` is a plain
@@ -310,7 +310,7 @@ def iterate(
     tensor.
     """
     n_iter, budget = 0, max_iter // 2
-    for level in plan:
+    for level in levels:
         if level.max_iter is None:
             n_max = max_iter - n_iter
         else:

@@ -157,6 +157,11 @@ class _Options:
         """Read inputs back to the host to check them (not in fixed-iteration mode)."""
         return not self.fixed
 
+    @property
+    def loop_modes(self) -> dict[str, bool]:
+        """How the loop runs, for :func:`sinkmatch.backends.prepare`."""
+        return dict(differentiable_loop=self.grad == "autodiff", allow_sync=not self.fixed)
+
 
 def _check_options(
     eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, fixed
@@ -295,7 +300,7 @@ def _start(prob: Problem, init: Any) -> tuple[Tensor, Tensor]:
 
 
 def _solve(
-    geom: Geometry, init: Any, plan: list[loop.Level], opts: _Options
+    geom: Geometry, init: Any, levels: list[loop.Level], opts: _Options
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     r"""Solve one problem: ``(regularized value, f, g, marginal error, n_iter)``.
 
@@ -307,7 +312,7 @@ def _solve(
     prob, eps, envelope = geom.problem, opts.eps, opts.grad == "envelope"
     with torch.no_grad() if envelope else contextlib.nullcontext():
         f, g = _start(prob, init)
-        f, g, n_iter = loop.iterate(geom, f, g, plan, max_iter=opts.max_iter, fixed=opts.fixed)
+        f, g, n_iter = loop.iterate(geom, f, g, levels, max_iter=opts.max_iter, fixed=opts.fixed)
         g = geom.complete_g(f, g, eps)
     if envelope:
         f, g = f.detach(), g.detach()
@@ -332,15 +337,13 @@ def _transport_value(geom: Geometry, reg_value: Tensor, g: Tensor, opts: _Option
 
 
 def _divergence(
-    reg: Tensor, err: Tensor, backend: SoftminBackend, problem: Problem, plan, opts: _Options
+    reg: Tensor, err: Tensor, backend: SoftminBackend, p: Problem, levels, opts: _Options
 ) -> tuple[Tensor, Tensor]:
     """The debiased value and the largest error over the three problems."""
-    modes = dict(differentiable_loop=opts.grad == "autodiff", allow_sync=not opts.fixed)
-    p = problem
-    self_x = prepare(backend, Problem(p.x, p.x, p.a, p.a, p.cost, symmetric=True), **modes)
-    self_y = prepare(backend, Problem(p.y, p.y, p.b, p.b, p.cost, symmetric=True), **modes)
-    reg_x, _, _, err_x, _ = _solve(self_x, None, plan, opts)
-    reg_y, _, _, err_y, _ = _solve(self_y, None, plan, opts)
+    self_x = Problem(p.x, p.x, p.a, p.a, p.cost, symmetric=True)
+    self_y = Problem(p.y, p.y, p.b, p.b, p.cost, symmetric=True)
+    reg_x, _, _, err_x, _ = _solve(prepare(backend, self_x, **opts.loop_modes), None, levels, opts)
+    reg_y, _, _, err_y, _ = _solve(prepare(backend, self_y, **opts.loop_modes), None, levels, opts)
     return reg - 0.5 * (reg_x + reg_y), torch.maximum(err, torch.maximum(err_x, err_y))
 
 
@@ -478,7 +481,7 @@ def sinkhorn(
 
     start = _eps_start(opts, cost_obj, xb, yb, warm=init is not None)
     schedule = eps_schedule(opts.eps, start, opts.eps_scaling)
-    plan = loop.levels(
+    levels = loop.build_levels(
         schedule,
         tol=opts.tol,
         check_every=opts.check_every,
@@ -486,14 +489,12 @@ def sinkhorn(
         fixed=opts.fixed,
     )
     problem = Problem(xb, yb, an, bn, cost_obj)
-    geom = prepare(
-        backend_obj, problem, differentiable_loop=opts.grad == "autodiff", allow_sync=not opts.fixed
-    )
-    out, f, g, err, n_iter = _solve(geom, init, plan, opts)
+    geom = prepare(backend_obj, problem, **opts.loop_modes)
+    out, f, g, err, n_iter = _solve(geom, init, levels, opts)
     if opts.value == "transport":
         out = _transport_value(geom, out, g, opts)
     elif opts.value == "divergence":
-        out, err = _divergence(out, err, backend_obj, problem, plan, opts)
+        out, err = _divergence(out, err, backend_obj, problem, levels, opts)
     converged = err < opts.tol
     if warn and not opts.fixed:
         _warn_not_converged(converged, err, n_iter, opts.tol)

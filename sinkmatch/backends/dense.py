@@ -246,7 +246,9 @@ class StabilizedKernel:
         self.f_ref, self.g_ref = f_ref, g_ref
 
     def _ctransform(self, pot: Tensor, mask: Tensor, *, dim: int) -> Tensor:
-        r""":math:`\min_k C - p_k` over the supported points ``k`` along ``dim`` (1: rows, 2: cols).
+        r"""c-transform :math:`\min_k C - p_k` over the supported points ``k`` along ``dim``.
+
+        ``dim`` is 1 (over rows) or 2 (over columns).
         """
         expand = pot[:, None, :] if dim == 2 else pot[:, :, None]
         diff = self.cost - expand
