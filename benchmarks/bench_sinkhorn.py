@@ -90,7 +90,8 @@ def iteration_study(writer, threads: int = 1) -> None:
             print(row, flush=True)
 
 
-def _median_seconds(fn, repeats: int = 5) -> float:
+def median_seconds(fn, repeats: int = 5) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
@@ -134,7 +135,7 @@ def grouped_study(writer, threads: int = 1) -> None:
                 config=f"{name}, init={init}",
                 n_iter="",
                 marginal_error="",
-                seconds_fwd_bwd=f"{_median_seconds(lambda fn=fn, init=init: fn(init=init)):.4f}",
+                seconds_fwd_bwd=f"{median_seconds(lambda fn=fn, init=init: fn(init=init)):.4f}",
                 peak_rss_mib="",
             )
             writer.writerow(row)
@@ -161,8 +162,8 @@ def online_halfstep(writer, sizes=(4096, 16384), dims=(1, 3)) -> None:
             def fwd(x=x, y=y, h=h):
                 backend.softmin(0.1, x, y, h, cost)
 
-            fwd = _median_seconds(fwd, repeats=3)
-            both = _median_seconds(fwd_bwd, repeats=3)
+            fwd = median_seconds(fwd, repeats=3)
+            both = median_seconds(fwd_bwd, repeats=3)
             row = dict(
                 study="online_halfstep",
                 n_pred=n,

@@ -29,18 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_sinkhorn import median_seconds  # noqa: E402
 from sinkmatch.costs import get_cost  # noqa: E402
 from sinkmatch.plan import tiled_logsumexp  # noqa: E402
-
-
-def _median_seconds(fn, repeats: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def exp_study(writer, n: int = 1 << 22) -> None:
@@ -51,7 +42,7 @@ def exp_study(writer, n: int = 1 << 22) -> None:
     for label, (lo, hi) in ranges.items():
         z = torch.linspace(lo, hi, n)
         out = torch.empty_like(z)
-        t = _median_seconds(lambda z=z, out=out: torch.exp(z, out=out))
+        t = median_seconds(lambda z=z, out=out: torch.exp(z, out=out))
         base = t if base is None else base
         writer.writerow(
             dict(study="exp", config=label, size=n, seconds=f"{t:.5f}", ratio=f"{t / base:.2f}")
@@ -63,8 +54,8 @@ def batched_mv_study(writer) -> None:
     for b, n, m in ((2, 1568, 1568), (2, 288, 1568), (8, 400, 400), (4, 128, 128), (16, 64, 64)):
         k = torch.rand(b, n, m)
         v = torch.rand(b, m)
-        t_bmm = _median_seconds(lambda k=k, v=v: torch.bmm(k, v.unsqueeze(-1)))
-        t_loop = _median_seconds(lambda k=k, v=v: [torch.mv(ki, vi) for ki, vi in zip(k, v)])
+        t_bmm = median_seconds(lambda k=k, v=v: torch.bmm(k, v.unsqueeze(-1)))
+        t_loop = median_seconds(lambda k=k, v=v: [torch.mv(ki, vi) for ki, vi in zip(k, v)])
         writer.writerow(
             dict(
                 study="batched_mv",

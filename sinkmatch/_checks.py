@@ -6,8 +6,8 @@ or value) with a message that names the argument and shows what was received:
 * :func:`describe` shows a received value (tensors by shape, dtype and device);
 * :func:`check_real`, :func:`check_int`, :func:`check_positive_int` and :func:`check_choice`
   check scalar settings, always called as ``check_*(name, value, ...)``;
-* :func:`check_finite`, :func:`as_points`, :func:`as_weights`, :func:`check_same_device` and
-  :func:`compute_dtype` handle tensors.
+* :func:`check_float_tensor`, :func:`check_finite`, :func:`as_points`, :func:`as_weights`,
+  :func:`check_same_device` and :func:`compute_dtype` handle tensors.
 
 Value checks on tensors (NaN, negative weights) read data back to the host; callers that must
 avoid host synchronisation (fixed-iteration mode) pass ``check_values=False``.
@@ -28,6 +28,7 @@ __all__ = [
     "as_weights",
     "check_choice",
     "check_finite",
+    "check_float_tensor",
     "check_int",
     "check_positive_int",
     "check_real",
@@ -176,6 +177,19 @@ def check_choice(name: str, v: object, choices: Sequence[str]) -> str:
     return v
 
 
+def check_float_tensor(name: str, x: object) -> Tensor:
+    """Check that ``x`` is a tensor with a floating dtype; return it.
+
+    Raises:
+        TypeError: Not a tensor, or not floating.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {describe(x)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {describe(x)}")
+    return x
+
+
 def as_points(x: object, name: str) -> Tensor:
     """View point coordinates as a batch of point clouds.
 
@@ -190,10 +204,7 @@ def as_points(x: object, name: str) -> Tensor:
         TypeError: Not a tensor, or not a floating dtype.
         ValueError: Wrong number of dimensions, or no points.
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {describe(x)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got {describe(x)}")
+    x = check_float_tensor(name, x)
     if x.ndim == 1:
         x = x[None, :, None]
     elif x.ndim == 2:

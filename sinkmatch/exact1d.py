@@ -40,6 +40,7 @@ from sinkmatch._checks import (
     as_weights,
     check_choice,
     check_finite,
+    check_float_tensor,
     check_real,
     check_same_device,
     compute_dtype,
@@ -64,10 +65,7 @@ class DualPotentials(NamedTuple):
 
 def _as_line_points(x: object, name: str) -> tuple[Tensor, bool]:
     """``(N,)``, ``(B, N)`` or ``(B, N, 1)`` -> ``((B, N) Tensor, batched)``."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got dtype={x.dtype}")
+    x = check_float_tensor(name, x)
     if x.ndim == 1:
         out, batched = x[None], False
     elif x.ndim == 2:

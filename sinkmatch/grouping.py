@@ -28,7 +28,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from sinkmatch._checks import check_choice, check_finite, check_int, check_positive_int, check_real
+from sinkmatch._checks import (
+    check_choice,
+    check_finite,
+    check_float_tensor,
+    check_int,
+    check_positive_int,
+    check_real,
+)
 
 __all__ = ["PackedGroups", "PercentileSplit", "pack_groups", "percentile_split"]
 
@@ -103,10 +110,7 @@ class PercentileSplit(NamedTuple):
 
 def _as_point_rows(x: object, name: str) -> Tensor:
     """(N,) or (N, D) floating tensor -> (N, D)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got dtype={x.dtype}")
+    x = check_float_tensor(name, x)
     if x.ndim == 1:
         return x[:, None]
     if x.ndim == 2:

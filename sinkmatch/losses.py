@@ -29,7 +29,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sinkmatch._checks import check_choice, check_positive_int, check_real, compute_dtype
+from sinkmatch._checks import (
+    check_choice,
+    check_float_tensor,
+    check_positive_int,
+    check_real,
+    compute_dtype,
+)
 from sinkmatch.exact1d import wasserstein_1d
 from sinkmatch.grouping import PackedGroups, pack_groups, percentile_split
 from sinkmatch.solver import VALUES, sinkhorn
@@ -460,10 +466,7 @@ def distribution_matching_loss(
         4.0
     """
     _check_value(value)
-    if not isinstance(pred, Tensor):
-        raise TypeError(f"pred must be a torch.Tensor, got {type(pred).__name__}")
-    if not pred.is_floating_point():
-        raise TypeError(f"pred must have a floating dtype, got dtype={pred.dtype}")
+    check_float_tensor("pred", pred)
     if pred.numel() == 0:
         raise ValueError(f"pred must hold at least one prediction, got shape {tuple(pred.shape)}")
     if (score is None) != (split_q is None):

@@ -46,6 +46,7 @@ from sinkmatch._checks import (
     as_weights,
     check_choice,
     check_finite,
+    check_float_tensor,
     check_positive_int,
     check_real,
     check_same_device,
@@ -257,8 +258,7 @@ def _resolve_init(init: Any, cost: Cost, x: Tensor, y: Tensor, opts: _Options) -
         raise TypeError(f"{_INIT_CHOICES}, got {type(init).__name__}")
     batch, out = x.shape[0], []
     for name, t, k in (("init[0] (f)", init[0], x.shape[1]), ("init[1] (g)", init[1], y.shape[1])):
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating tensor, got {type(t).__name__}")
+        check_float_tensor(name, t)
         if t.device != x.device:
             raise ValueError(f"{name} must be on {x.device}, got {t.device}")
         if tuple(t.shape) not in ((k,), (1, k), (batch, k)):

@@ -63,7 +63,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, cast
 import torch
 from torch import Tensor
 
-from sinkmatch._checks import check_positive_int, check_real, compute_dtype, describe
+from sinkmatch._checks import (
+    check_float_tensor,
+    check_positive_int,
+    check_real,
+    compute_dtype,
+    describe,
+)
 from sinkmatch.backends.base import Backend, last_positive
 
 if TYPE_CHECKING:
@@ -329,10 +335,7 @@ class _SoftminFunction(torch.autograd.Function):
 def _check_inputs(eps: object, x: object, y: object, h: object) -> float:
     eps = check_real("eps", eps, gt=0, arrays=False)
     for name, t, ndim in (("x", x, 3), ("y", y, 3), ("h", h, 2)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {describe(t)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must have a floating dtype, got {describe(t)}")
+        check_float_tensor(name, t)
         if t.ndim != ndim:
             shape = "(B, M)" if name == "h" else f"(B, {'N' if name == 'x' else 'M'}, D)"
             raise ValueError(f"{name} must have shape {shape}, got {describe(t)}")
