@@ -4,7 +4,8 @@ The workload (Babu Sam et al., CSS-CCNN): 1-D points, squared cost, ε = 0.1 in 
 ``y`` = 1,568 samples of the ShanghaiTech Part A count prior (:class:`sinkmatch.CountPrior`, a
 truncated power law with α = 2 and its head redistributed), ``x`` = 288 or 1,568 predictions
 ``max(0.7 · prior draw + N(0, 1), 0)`` (exact zeros and ties, a heavy tail):
-:func:`benchmarks.workloads.css_pair`. Plain Sinkhorn does not converge there in 1,000 iterations.
+:func:`benchmarks.workloads.css_pair`. Plain Sinkhorn (zero start, no ε-scaling) needs hundreds of
+iterations there, or does not converge in 1,000 (``benchmarks/results/sinkhorn.csv``).
 
 Run the timed benchmarks (forward + backward)::
 
