@@ -54,6 +54,7 @@ from sinkmatch._checks import (
 )
 from sinkmatch.backends import Geometry, Problem, SoftminBackend, get_backend, prepare
 from sinkmatch.costs import Cost, get_cost
+from sinkmatch.exact1d import exact_1d_potentials
 
 __all__ = ["VALUES", "SinkhornResult", "sinkhorn"]
 
@@ -284,8 +285,6 @@ def _start(prob: Problem, init: Any) -> tuple[Tensor, Tensor]:
                 "init='exact1d' needs 1-D points and a named cost, got "
                 f"D={prob.x.shape[-1]} and cost {prob.cost!r}"
             )
-        from sinkmatch.exact1d import exact_1d_potentials
-
         with torch.no_grad():  # a warm start is a constant, like a tuple init
             f, g = exact_1d_potentials(
                 prob.x[..., 0], prob.y[..., 0], prob.a, prob.b, p=prob.cost.power, ties="average"
