@@ -1,9 +1,9 @@
-"""Ground costs between point clouds.
+r"""Ground costs between point clouds.
 
 Two named costs and a wrapper for user callables:
 
-* ``"sqeuclidean"``: :math:`C(x, y) = \\|x - y\\|_2^2` (not halved).
-* ``"euclidean"``: :math:`C(x, y) = \\|x - y\\|_2`, with a zero (not NaN) gradient at ``x = y``.
+* ``"sqeuclidean"``: :math:`C(x, y) = \|x - y\|_2^2` (not halved).
+* ``"euclidean"``: :math:`C(x, y) = \|x - y\|_2`, with a zero (not NaN) gradient at ``x = y``.
 * a callable ``(x (B, N, D), y (B, M, D)) -> (B, N, M)``, usable with the dense backend only.
 
 Every cost offers the cost matrix of a block of points (``matrix``), an upper bound on its
@@ -27,11 +27,11 @@ from typing import Callable, Union
 import torch
 from torch import Tensor
 
-__all__ = ["CallableCost", "Cost", "Euclidean", "SqEuclidean", "get_cost"]
+__all__ = ["DIRECT_MAX_DIM", "CallableCost", "Cost", "Euclidean", "SqEuclidean", "get_cost"]
 
 # Up to this dimension the squared distance is summed coordinate by coordinate (exact, no
 # cancellation); above it the expansion |x|^2 + |y|^2 - 2<x, y> (one matmul) is used.
-_DIRECT_MAX_DIM = 4
+DIRECT_MAX_DIM = 4
 
 
 class Cost:
@@ -60,7 +60,7 @@ class Cost:
         raise NotImplementedError
 
     def vjp(self, x: Tensor, y: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-        """Vector-Jacobian product of :meth:`matrix`.
+        r"""Vector-Jacobian product of :meth:`matrix`.
 
         Args:
             x ((B, N, D) Tensor): Row points.
@@ -68,20 +68,21 @@ class Cost:
             weights ((B, N, M) Tensor): Cotangent :math:`G_{ij}` of the cost matrix.
 
         Returns:
-            tuple: ``(gx, gy)`` with ``gx`` (B, N, D) :math:`= \\sum_j G_{ij}\\,\\partial_x C(x_i, y_j)`
-            and ``gy`` (B, M, D) :math:`= \\sum_i G_{ij}\\,\\partial_y C(x_i, y_j)`.
+            tuple: ``(gx, gy)`` with
+            ``gx`` (B, N, D) :math:`= \sum_j G_{ij}\,\partial_x C(x_i, y_j)`
+            and ``gy`` (B, M, D) :math:`= \sum_i G_{ij}\,\partial_y C(x_i, y_j)`.
         """
         raise NotImplementedError(f"cost {self!r} has no closed-form vector-Jacobian product")
 
     def diameter(self, x: Tensor, y: Tensor) -> Tensor:
-        """Upper bound on the largest cost between (and within) ``x`` and ``y``.
+        r"""Upper bound on the largest cost between (and within) ``x`` and ``y``.
 
         Args:
             x ((B, N, D) Tensor): Row points.
             y ((B, M, D) Tensor): Column points.
 
         Returns:
-            (B,) Tensor: per problem, an upper bound on :math:`\\max C(u, v)` over all points.
+            (B,) Tensor: per problem, an upper bound on :math:`\max C(u, v)` over all points.
         """
         raise NotImplementedError
 
@@ -99,7 +100,7 @@ def _bbox_sq_extent(x: Tensor, y: Tensor) -> Tensor:
 def _sq_distances(x: Tensor, y: Tensor) -> Tensor:
     """Squared Euclidean distances (B, N, M), exact for small D, one matmul for large D."""
     d = x.shape[-1]
-    if d <= _DIRECT_MAX_DIM:
+    if d <= DIRECT_MAX_DIM:
         out = None
         for k in range(d):
             diff = x[..., k, None] - y[..., None, :, k]
@@ -113,7 +114,7 @@ def _sq_distances(x: Tensor, y: Tensor) -> Tensor:
 
 
 class SqEuclidean(Cost):
-    """Squared Euclidean cost :math:`C(x, y) = \\|x - y\\|_2^2`."""
+    r"""Squared Euclidean cost :math:`C(x, y) = \|x - y\|_2^2`."""
 
     name = "sqeuclidean"
     power = 2
@@ -148,7 +149,7 @@ class _SafeSqrt(torch.autograd.Function):
 
 
 class Euclidean(Cost):
-    """Euclidean cost :math:`C(x, y) = \\|x - y\\|_2`; its gradient at ``x = y`` is taken as 0."""
+    r"""Euclidean cost :math:`C(x, y) = \|x - y\|_2`; its gradient at ``x = y`` is taken as 0."""
 
     name = "euclidean"
     power = 1
@@ -207,10 +208,10 @@ _NAMED = {"sqeuclidean": SqEuclidean, "euclidean": Euclidean}
 
 
 def get_cost(cost: Union[str, Cost, Callable[[Tensor, Tensor], Tensor]]) -> Cost:
-    """Resolve a cost specification.
+    r"""Resolve a cost specification.
 
     Args:
-        cost: ``"sqeuclidean"`` (:math:`\\|x - y\\|^2`), ``"euclidean"`` (:math:`\\|x - y\\|`), a
+        cost: ``"sqeuclidean"`` (:math:`\|x - y\|^2`), ``"euclidean"`` (:math:`\|x - y\|`), a
             :class:`Cost` instance (returned as is) or a callable
             ``(x (B, N, D), y (B, M, D)) -> (B, N, M)``.
 

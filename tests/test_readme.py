@@ -1,4 +1,4 @@
-"""README.md stays true: its usage example runs, and its two set-up commands are the ones CI uses."""
+"""README.md stays true: its usage example runs, and its two set-up commands are CI's."""
 
 from __future__ import annotations
 

@@ -9,7 +9,9 @@
 3. ``online`` otherwise (``O(N + M)`` memory per problem).
 
 Backends are imported lazily; Triton is only imported when it is asked for or when the ``auto``
-rule sees CUDA tensors.
+rule sees CUDA tensors. :func:`prepare` turns a backend and a problem into the
+:class:`~sinkmatch.backends.base.Geometry` that the Sinkhorn loop drives (see
+:mod:`sinkmatch.backends.base` for the protocol).
 """
 
 from __future__ import annotations
@@ -19,10 +21,18 @@ from typing import Union
 
 from torch import Tensor
 
-from sinkmatch.backends.base import SoftminBackend
+from sinkmatch.backends.base import Backend, Geometry, Problem, SoftminBackend
 from sinkmatch.costs import Cost
 
-__all__ = ["AUTO_DENSE_MAX_ELEMENTS", "SoftminBackend", "get_backend"]
+__all__ = [
+    "AUTO_DENSE_MAX_ELEMENTS",
+    "Backend",
+    "Geometry",
+    "Problem",
+    "SoftminBackend",
+    "get_backend",
+    "prepare",
+]
 
 AUTO_DENSE_MAX_ELEMENTS = 1 << 24
 _NAMES = ("auto", "dense", "online", "triton")
@@ -93,4 +103,39 @@ def get_backend(
         return backend
     raise TypeError(
         f"backend must be a name in {_NAMES} or a SoftminBackend, got {type(backend).__name__}"
+    )
+
+
+def prepare(
+    backend: SoftminBackend,
+    problem: Problem,
+    *,
+    differentiable_loop: bool = False,
+    allow_sync: bool = True,
+) -> Geometry:
+    """The :class:`~sinkmatch.backends.base.Geometry` of ``problem`` for ``backend``.
+
+    A :class:`~sinkmatch.backends.base.Backend` prepares it itself; any other
+    :class:`SoftminBackend` gets the generic geometry built on its ``softmin`` (with valid
+    lengths when it declares ``supports_valid_lengths``).
+
+    Args:
+        backend: The backend.
+        problem: The problem.
+        differentiable_loop: The loop's half steps are differentiated through.
+        allow_sync: Steps may read tensors back to the host (not in fixed-iteration mode).
+
+    Returns:
+        Geometry: Half steps and plan reductions of ``problem``.
+    """
+    if isinstance(backend, Backend):
+        return backend.prepare(
+            problem, differentiable_loop=differentiable_loop, allow_sync=allow_sync
+        )
+    return Geometry(
+        backend,
+        problem,
+        differentiable_loop=differentiable_loop,
+        allow_sync=allow_sync,
+        valid_lengths=bool(getattr(backend, "supports_valid_lengths", False)),
     )

@@ -1,0 +1,510 @@
+r"""The entropic OT solver: :func:`sinkhorn`, its options, the ε schedule, the result.
+
+For measures :math:`\alpha = \sum_i a_i \delta_{x_i}` and :math:`\beta = \sum_j b_j \delta_{y_j}`
+(weights normalized to sum 1 per problem), entropic optimal transport is
+
+.. math::
+
+    \mathrm{OT}_\varepsilon(\alpha, \beta)
+        = \min_{P \in \Pi(a, b)} \langle P, C \rangle
+          + \varepsilon\,\mathrm{KL}(P \,|\, a \otimes b)
+        = \max_{f, g}\; \langle a, f \rangle + \langle b, g \rangle
+          - \varepsilon \langle a \otimes b, e^{(f \oplus g - C)/\varepsilon} - 1 \rangle,
+
+solved by alternating the soft-min half steps (Cuturi 2013, in the log domain)
+
+.. math::
+
+    f_i = -\varepsilon \log \sum_j b_j e^{(g_j - C_{ij})/\varepsilon}, \qquad
+    g_j = -\varepsilon \log \sum_i a_i e^{(f_i - C_{ij})/\varepsilon}.
+
+The optimal plan is :math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon}`. ε-scaling
+(annealing) starts at a large ε and divides it geometrically down to the target (Kosowsky &
+Yuille 1994; Schmitzer 2019; Feydy et al. 2019). The debiased divergence is Feydy et al.
+(2019)'s :math:`S_\varepsilon = \mathrm{OT}_\varepsilon(\alpha,\beta)
+- \tfrac12 \mathrm{OT}_\varepsilon(\alpha,\alpha) - \tfrac12 \mathrm{OT}_\varepsilon(\beta,\beta)`.
+
+Layers: this module checks the options, builds the :class:`~sinkmatch.backends.base.Problem`,
+asks the backend for its :class:`~sinkmatch.backends.base.Geometry`
+(:func:`sinkmatch.backends.prepare`), runs the loop of :mod:`sinkmatch.loop` and takes the one
+differentiable step that ends a solve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Union, get_args
+
+import torch
+from torch import Tensor
+
+from sinkmatch import loop
+from sinkmatch._checks import (
+    as_points,
+    as_weights,
+    check_choice,
+    check_finite,
+    check_float_tensor,
+    check_positive_int,
+    check_real,
+    check_same_device,
+    compute_dtype,
+)
+from sinkmatch.backends import Geometry, Problem, SoftminBackend, get_backend, prepare
+from sinkmatch.costs import Cost, get_cost
+from sinkmatch.exact1d import exact_1d_potentials
+
+__all__ = ["VALUES", "SinkhornResult", "sinkhorn"]
+
+Value = Literal["regularized", "transport", "divergence"]
+Grad = Literal["envelope", "autodiff"]
+Init = Union[Literal["auto", "exact1d"], tuple[Tensor, Tensor], None]
+BackendSpec = Union[Literal["auto", "dense", "online", "triton"], SoftminBackend]
+CostSpec = Union[str, Cost, Callable[[Tensor, Tensor], Tensor]]
+VALUES: tuple[str, ...] = get_args(Value)
+_GRADS: tuple[str, ...] = get_args(Grad)
+_INIT_CHOICES = "init must be 'auto', None, 'exact1d' or a tuple (f, g)"
+PLAN_MAX_ELEMENTS = 1 << 26
+
+
+@dataclass(frozen=True)
+class SinkhornResult:
+    r"""What :func:`sinkhorn` returns.
+
+    Attributes:
+        value ((B,) or () Tensor): The requested value per problem (``()`` when neither input
+            had a batch axis), in the compute dtype (float32 for half inputs).
+        f ((B, N) Tensor): Dual potential on ``x``, in cost units (for ``"divergence"``: of the
+            ``x``–``y`` problem).
+        g ((B, M) Tensor): Dual potential on ``y``.
+        n_iter (int): Sinkhorn iterations (one ``f`` and one ``g`` update each), ε-scaling and
+            line-search trials (two soft-mins each) included (for ``"divergence"``: of the
+            ``x``–``y`` problem). Counted on the host, also in fixed-iteration mode.
+        converged ((B,) bool Tensor): ``marginal_error < tol`` per problem.
+        marginal_error ((B,) Tensor): L1 marginal error
+            :math:`\sum_i |a_i - (P\mathbb 1)_i| + \sum_j |b_j - (P^\top \mathbb 1)_j|` of the
+            last iterate ``(f_k, g_k)`` of the loop, whose columns are exact (for ``"divergence"``:
+            the largest over the three problems). The returned ``f`` is the final differentiable
+            update ``T(g_k)``, whose plan has exact rows.
+        eps (float): The entropic regularization.
+        problem (Problem): The ``x``–``y`` problem as solved (points ``(B, N, D)`` in the
+            compute dtype, normalized weights, the cost), detached.
+        backend (SoftminBackend): The backend that solved it (the ``"auto"`` rule's choice).
+    """
+
+    value: Tensor
+    f: Tensor
+    g: Tensor
+    n_iter: int
+    converged: Tensor
+    marginal_error: Tensor
+    eps: float
+    problem: Problem = field(repr=False)
+    backend: SoftminBackend = field(repr=False)
+
+    def plan(self, *, force: bool = False) -> Tensor:
+        r"""The transport plan :math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon}`.
+
+        Args:
+            force: Build it even above ``2^26`` entries.
+
+        Returns:
+            (B, N, M) Tensor: The plan (detached).
+
+        Raises:
+            ValueError: ``B·N·M > 2^26`` and not ``force``.
+        """
+        x, y = self.problem.x, self.problem.y
+        size = x.shape[0] * x.shape[1] * y.shape[1]
+        if size > PLAN_MAX_ELEMENTS and not force:
+            raise ValueError(
+                f"plan() would build a {x.shape[0]}x{x.shape[1]}x{y.shape[1]} tensor "
+                f"({size} entries > {PLAN_MAX_ELEMENTS}); pass force=True, or use "
+                "barycentric_map() which streams"
+            )
+        return prepare(self.backend, self.problem).plan(self.f, self.g, self.eps)
+
+    def barycentric_map(self) -> Tensor:
+        r"""Barycentric projection :math:`T(x_i) = \sum_j P_{ij} y_j / \sum_j P_{ij}`.
+
+        Computed from ``g`` with rows normalized exactly, streamed over tiles (works at large N).
+
+        Returns:
+            (B, N, D) Tensor: The image of every ``x_i`` (detached).
+        """
+        return prepare(self.backend, self.problem).barycentric_map(self.g, self.eps)
+
+
+# ------------------------------------------------------------------------------------ options
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The checked settings of one :func:`sinkhorn` call."""
+
+    eps: float
+    value: str
+    grad: str
+    tol: float
+    max_iter: int
+    check_every: int
+    eps_scaling: float | None
+    eps_start: float | None
+    fixed: bool
+
+    @property
+    def check_values(self) -> bool:
+        """Read inputs back to the host to check them (not in fixed-iteration mode)."""
+        return not self.fixed
+
+    @property
+    def loop_modes(self) -> dict[str, bool]:
+        """How the loop runs, for :func:`sinkmatch.backends.prepare`."""
+        return dict(differentiable_loop=self.grad == "autodiff", allow_sync=not self.fixed)
+
+
+def _check_options(
+    eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, fixed
+) -> _Options:
+    # Python numbers only (no tensors): reading a tensor back would synchronise
+    eps = check_real("eps", eps, gt=0, arrays=False)
+    value = check_choice("value", value, VALUES)
+    grad = check_choice("grad", grad, _GRADS)
+    max_iter = check_positive_int("max_iter", max_iter)
+    check_every = check_positive_int("check_every", check_every)
+    tol = check_real("tol", tol, ge=0, finite=False, arrays=False)
+    eps_scaling = check_real("eps_scaling", eps_scaling, gt=0, lt=1, none_ok=True, arrays=False)
+    if eps_start is not None:
+        eps_start = check_real("eps_start", eps_start, gt=0, arrays=False)
+    if fixed and eps_scaling is not None and eps_start is None:
+        raise ValueError(
+            "fixed_iterations=True needs an ε schedule known without reading the data: pass "
+            "eps_start=<float> or eps_scaling=None"
+        )
+    return _Options(
+        eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, bool(fixed)
+    )
+
+
+def eps_schedule(eps: float, start: float | None, factor: float | None) -> list[float]:
+    """Geometric ε schedule from ``start`` down to ``eps`` (``eps`` last; at most 200 levels).
+
+    Example:
+        >>> eps_schedule(0.1, 1.0, 0.5)
+        [1.0, 0.5, 0.25, 0.125, 0.1]
+    """
+    levels = []
+    if factor is not None and start is not None:
+        e = start
+        while e > eps * (1.0 + 1e-9) and len(levels) < 200:
+            levels.append(e)
+            e *= factor
+    return [*levels, eps]
+
+
+def _eps_start(opts: _Options, cost: Cost, x: Tensor, y: Tensor, warm: bool) -> float | None:
+    """The first ε: ``eps_start``, else ``eps`` itself after a warm start, else the diameter."""
+    if opts.eps_scaling is None or opts.eps_start is not None:
+        return opts.eps_start
+    if warm:
+        return opts.eps  # a warm start needs no scaling
+    with torch.no_grad():
+        return float(cost.diameter(x, y).max())
+
+
+# ------------------------------------------------------------------------------- inputs, start
+
+
+def _prepare_points(x: Any, y: Any) -> tuple[Tensor, Tensor, bool]:
+    xb, yb = as_points(x, "x"), as_points(y, "y")
+    check_same_device(x=xb, y=yb)
+    if xb.shape[-1] != yb.shape[-1]:
+        raise ValueError(
+            "x and y must have the same point dimension D, got "
+            f"x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
+    if xb.shape[0] != yb.shape[0]:
+        if xb.shape[0] == 1 and x.ndim <= 2:
+            xb = xb.expand(yb.shape[0], -1, -1)
+        elif yb.shape[0] == 1 and y.ndim <= 2:
+            yb = yb.expand(xb.shape[0], -1, -1)
+        else:
+            raise ValueError(
+                f"x and y must have the same batch size, got x {tuple(x.shape)} and "
+                f"y {tuple(y.shape)}"
+            )
+    dtype = compute_dtype(xb, yb)
+    return xb.to(dtype), yb.to(dtype), x.ndim <= 2 and y.ndim <= 2
+
+
+def _resolve_init(init: Any, cost: Cost, x: Tensor, y: Tensor, opts: _Options) -> Any:
+    """``None``, ``"exact1d"`` or checked warm-start potentials ``(f (B, N), g (B, M))``.
+
+    The ``"auto"`` rule: ``"exact1d"`` for 1-D points and a named cost, else ``None``;
+    fixed-iteration mode resolves it to ``None`` (the exact 1-D potentials validate their input,
+    which synchronises with the device).
+    """
+    if init is None:
+        return None
+    if isinstance(init, str):
+        if init not in ("auto", "exact1d"):
+            raise ValueError(f"{_INIT_CHOICES}, got {init!r}")
+        if init == "auto":
+            named_1d = x.shape[-1] == 1 and cost.power is not None
+            return "exact1d" if named_1d and not opts.fixed else None
+        return init
+    if not (isinstance(init, tuple) and len(init) == 2):
+        raise TypeError(f"{_INIT_CHOICES}, got {type(init).__name__}")
+    batch, out = x.shape[0], []
+    for name, t, k in (("init[0] (f)", init[0], x.shape[1]), ("init[1] (g)", init[1], y.shape[1])):
+        check_float_tensor(name, t)
+        if t.device != x.device:
+            raise ValueError(f"{name} must be on {x.device}, got {t.device}")
+        if tuple(t.shape) not in ((k,), (1, k), (batch, k)):
+            raise ValueError(
+                f"{name} must have shape ({k},) or ({batch}, {k}), got {tuple(t.shape)}"
+            )
+        t = t.detach().to(x.dtype).expand(batch, k)
+        if opts.check_values:
+            check_finite(name, t)
+        out.append(t)
+    return out[0], out[1]
+
+
+def _start(prob: Problem, init: Any) -> tuple[Tensor, Tensor]:
+    """The potentials the loop starts from: zeros, the exact 1-D ones, or the given pair."""
+    batch, n, m = prob.x.shape[0], prob.x.shape[1], prob.y.shape[1]
+    if init is None:
+        f = torch.zeros(batch, n, dtype=prob.x.dtype, device=prob.x.device)
+        g = f if prob.symmetric else torch.zeros(batch, m, dtype=f.dtype, device=f.device)
+    elif isinstance(init, str):
+        if prob.x.shape[-1] != 1 or prob.cost.power is None:
+            raise ValueError(
+                "init='exact1d' needs 1-D points and a named cost, got "
+                f"D={prob.x.shape[-1]} and cost {prob.cost!r}"
+            )
+        with torch.no_grad():  # a warm start is a constant, like a tuple init
+            f, g = exact_1d_potentials(
+                prob.x[..., 0], prob.y[..., 0], prob.a, prob.b, p=prob.cost.power, ties="average"
+            )
+        f, g = f.to(prob.x.dtype), g.to(prob.x.dtype)
+    else:
+        f, g = init
+    return (f, f) if prob.symmetric else (f, g)
+
+
+# -------------------------------------------------------------------------------------- solve
+
+
+def _solve(
+    geom: Geometry, init: Any, levels: list[loop.Level], opts: _Options
+) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    r"""Solve one problem: ``(regularized value, f, g, marginal error, n_iter)``.
+
+    The loop runs under ``torch.no_grad()`` for ``grad="envelope"``; then one differentiable
+    step on the last (detached) potentials: by the envelope theorem the semi-dual
+    :math:`\langle a, T(g)\rangle + \langle b, g\rangle` has the gradient of
+    :math:`\mathrm{OT}_\varepsilon` at convergence.
+    """
+    prob, eps, envelope = geom.problem, opts.eps, opts.grad == "envelope"
+    with torch.no_grad() if envelope else contextlib.nullcontext():
+        f, g = _start(prob, init)
+        f, g, n_iter = loop.iterate(geom, f, g, levels, max_iter=opts.max_iter, fixed=opts.fixed)
+        g = geom.complete_g(f, g, eps)
+    if envelope:
+        f, g = f.detach(), g.detach()
+    if prob.symmetric:
+        t = geom.final_f(f, eps)
+        value = (prob.a * (t + f)).sum(-1)
+        err = 2.0 * loop.marginal_error(prob.a, f.detach(), t.detach(), eps)
+        return value, t, t, err, n_iter
+    t = geom.final_f(g, eps)
+    value = (prob.a * t).sum(-1) + (prob.b * g).sum(-1)
+    err = loop.marginal_error(prob.a, f.detach(), t.detach(), eps)  # the checked iterate (f, g)
+    return value, t, g, err, n_iter
+
+
+def _transport_value(geom: Geometry, reg_value: Tensor, g: Tensor, opts: _Options) -> Tensor:
+    """<P, C> for the plan with exact rows built from g."""
+    if opts.grad == "autodiff":
+        return geom.transport_cost(g, opts.eps, differentiable=True)
+    transport = geom.transport_cost(g, opts.eps)
+    # Value <P, C>; gradient of OT_eps (the plan held fixed), see the docstring of sinkhorn().
+    return reg_value + (transport - reg_value).detach()
+
+
+def _divergence(
+    reg: Tensor, err: Tensor, backend: SoftminBackend, p: Problem, levels, opts: _Options
+) -> tuple[Tensor, Tensor]:
+    """The debiased value and the largest error over the three problems."""
+    self_x = Problem(p.x, p.x, p.a, p.a, p.cost, symmetric=True)
+    self_y = Problem(p.y, p.y, p.b, p.b, p.cost, symmetric=True)
+    reg_x, _, _, err_x, _ = _solve(prepare(backend, self_x, **opts.loop_modes), None, levels, opts)
+    reg_y, _, _, err_y, _ = _solve(prepare(backend, self_y, **opts.loop_modes), None, levels, opts)
+    return reg - 0.5 * (reg_x + reg_y), torch.maximum(err, torch.maximum(err_x, err_y))
+
+
+def _warn_not_converged(converged: Tensor, err: Tensor, n_iter: int, tol: float) -> None:
+    if not bool(converged.all()):
+        bad = (~converged).nonzero().flatten().tolist()
+        warnings.warn(
+            f"sinkhorn did not converge for problems {bad[:10]} after {n_iter} iterations "
+            f"(marginal error up to {float(err.max()):.3g} > tol={tol}); raise max_iter or eps",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def sinkhorn(
+    x: Tensor,
+    y: Tensor,
+    a: Tensor | None = None,
+    b: Tensor | None = None,
+    *,
+    eps: float = 0.1,
+    cost: CostSpec = "sqeuclidean",
+    value: Value = "regularized",
+    max_iter: int = 1000,
+    tol: float = 1e-3,
+    check_every: int = 10,
+    eps_scaling: float | None = 0.5,
+    eps_start: float | None = None,
+    init: Init = "auto",
+    grad: Grad = "envelope",
+    backend: BackendSpec = "auto",
+    fixed_iterations: bool = False,
+    warn: bool = False,
+) -> SinkhornResult:
+    r"""Entropic optimal transport between weighted point clouds, batched, in the log domain.
+
+    Args:
+        x ((N,), (N, D) or (B, N, D) Tensor): Source points (floating).
+        y ((M,), (M, D) or (B, M, D) Tensor): Target points, same D. An unbatched input is
+            broadcast against a batched one.
+        a ((N,) or (B, N) Tensor, optional): Nonnegative source weights; uniform when ``None``.
+            Zero marks padding. Normalized to sum 1 per problem (so only their ratios matter).
+        b ((M,) or (B, M) Tensor, optional): Target weights, likewise.
+        eps: Entropic regularization ε > 0, in cost units.
+        cost: ``"sqeuclidean"`` (:math:`\|x-y\|^2`, not halved), ``"euclidean"``, or a callable
+            ``(x (B, N, D), y (B, M, D)) -> (B, N, M)`` (dense backend only).
+        value: ``"regularized"`` (:math:`\mathrm{OT}_\varepsilon`, the entropic objective, equal to
+            :math:`\langle a, f\rangle + \langle b, g\rangle` at convergence), ``"transport"``
+            (:math:`\langle P_\varepsilon, C\rangle`, what POT's ``sinkhorn2`` returns) or
+            ``"divergence"`` (the debiased :math:`S_\varepsilon`; the self terms are solved with
+            the symmetric update).
+        max_iter: Maximum number of iterations, ε-scaling and line-search trials included (the
+            scaling phase uses at most half of them); exactly this many when
+            ``fixed_iterations``.
+        tol: Stop when the L1 marginal error (columns are exact after each ``g`` update, so
+            this is :math:`\sum_i |a_i - (P\mathbb 1)_i|`) is below ``tol`` for every problem.
+        check_every: Check the stopping rule every this many iterations at the final ε.
+        eps_scaling: Factor in (0, 1) of geometric ε-scaling, or ``None`` for none. At every
+            intermediate level the loop iterates until the marginal error is below 0.01 (at most
+            30 iterations); at the final ε it iterates to ``tol``. There, a check whose error is
+            above half the previous one's triggers a line search on the semi-dual along the
+            last period's change of ``g`` (per problem): near-degenerate problems at small ε
+            otherwise crawl along a slow mode for thousands of iterations.
+        eps_start: First ε of the scaling; default: the cost's diameter (an upper bound on the
+            largest cost, e.g. :math:`(\max - \min)^2` in 1-D for the squared cost), or
+            ``eps`` (no scaling) with a warm start (``init`` not ``None`` after the ``"auto"``
+            rule).
+        init: ``"auto"`` (default), ``None`` (zero potentials), ``"exact1d"`` or a tuple
+            ``(f (B, N), g (B, M))`` of warm-start potentials (``g`` drives the first update;
+            detached). ``"exact1d"`` (1-D points, named cost) starts from the exact unregularized
+            dual potentials of :func:`sinkmatch.exact1d.exact_1d_potentials` (sorting,
+            :math:`O((N + M)\log(N + M))`), which zero weights (padding) do not disturb.
+            The ``"auto"`` rule: ``"exact1d"`` when ``D == 1`` and the cost is a named one
+            (``"sqeuclidean"``, ``"euclidean"``: :math:`|x - y|^p`, ``p = 2, 1``) and not
+            ``fixed_iterations``; otherwise ``None`` (zero potentials with ε-scaling from the
+            diameter). A warm start skips ε-scaling (``eps_start`` defaults to ``eps``): on the
+            CSS-CCNN workload (1-D, ε = 0.1) it converges in an order of magnitude fewer
+            iterations (``benchmarks/results/sinkhorn.csv``, study ``css_iterations``). The
+            answer at convergence does not depend on ``init``.
+        grad: ``"envelope"``: iterate under ``torch.no_grad()``, then take one differentiable
+            step on the detached potentials; exact for ``"regularized"`` and ``"divergence"``
+            at convergence (envelope theorem). For ``"transport"`` the gradient is that of
+            :math:`\mathrm{OT}_\varepsilon` (plan held fixed,
+            :math:`\sum_j P_{ij}\partial_x C_{ij}`),
+            an approximation of the gradient of :math:`\langle P_\varepsilon, C\rangle`.
+            ``"autodiff"``: differentiate through the unrolled loop (memory grows with the
+            iterations; for checking and for exact gradients of the truncated ``"transport"``
+            value, which then materializes the plan).
+        backend: ``"auto"``, ``"dense"``, ``"online"``, ``"triton"`` or a
+            :class:`~sinkmatch.backends.base.SoftminBackend`; see
+            :func:`sinkmatch.backends.get_backend` for the ``auto`` rule.
+        fixed_iterations: Run exactly ``max_iter`` iterations with no host synchronisation (no
+            stopping checks, no value checks on the inputs: NaN or negative weights then give
+            NaN results instead of errors), usable under ``torch.compile``. With ε-scaling it
+            needs an explicit ``eps_start``; each level gets 3 iterations.
+        warn: Emit a ``UserWarning`` when some problem did not converge.
+
+    Returns:
+        SinkhornResult: ``value`` (B,) (or () for unbatched inputs), potentials, iterations,
+        convergence flags and marginal errors; ``plan()`` and ``barycentric_map()`` helpers.
+
+    Gradients with respect to the weights: the dual potentials are defined up to an additive
+    constant (:math:`f + c, g - c`); since the weights are normalized inside the solver, the
+    gradient with respect to ``a`` is the centred potential :math:`(f - \langle \bar a, f\rangle)
+    / \sum_i a_i` — GeomLoss/OTT's convention (:math:`\nabla_a = f`) up to that constant, which
+    vanishes on the simplex. Points with zero weight get exactly zero gradient.
+
+    Raises:
+        TypeError: Non-tensor or non-floating inputs, wrongly typed settings.
+        ValueError: Bad shapes, devices, NaN/inf points or weights, negative or all-zero
+            weights, ``eps <= 0``, unknown modes.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([0.0, 1.0]); y = torch.tensor([0.0, 1.0])
+        >>> res = sinkhorn(x, y, eps=1e-2, value="transport")
+        >>> round(float(res.value), 4), bool(res.converged)
+        (0.0, True)
+    """
+    opts = _check_options(
+        eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, fixed_iterations
+    )
+    cost_obj = get_cost(cost)
+    xb, yb, unbatched = _prepare_points(x, y)
+    check_same_device(x=xb, a=a, b=b)
+    if opts.check_values:
+        check_finite("x", xb)
+        check_finite("y", yb)
+    batch, n, m = xb.shape[0], xb.shape[1], yb.shape[1]
+    weights = dict(batch=batch, dtype=xb.dtype, device=xb.device, check_values=opts.check_values)
+    an = as_weights(a, "a", n_points=n, **weights)
+    bn = as_weights(b, "b", n_points=m, **weights)
+    init = _resolve_init(init, cost_obj, xb, yb, opts)
+    backend_obj = get_backend(backend, x=xb, y=yb, cost=cost_obj)
+
+    start = _eps_start(opts, cost_obj, xb, yb, warm=init is not None)
+    schedule = eps_schedule(opts.eps, start, opts.eps_scaling)
+    levels = loop.build_levels(
+        schedule,
+        tol=opts.tol,
+        check_every=opts.check_every,
+        max_iter=opts.max_iter,
+        fixed=opts.fixed,
+    )
+    problem = Problem(xb, yb, an, bn, cost_obj)
+    geom = prepare(backend_obj, problem, **opts.loop_modes)
+    out, f, g, err, n_iter = _solve(geom, init, levels, opts)
+    if opts.value == "transport":
+        out = _transport_value(geom, out, g, opts)
+    elif opts.value == "divergence":
+        out, err = _divergence(out, err, backend_obj, problem, levels, opts)
+    converged = err < opts.tol
+    if warn and not opts.fixed:
+        _warn_not_converged(converged, err, n_iter, opts.tol)
+    return SinkhornResult(
+        value=out[0] if unbatched else out,
+        f=f,
+        g=g,
+        n_iter=n_iter,
+        converged=converged,
+        marginal_error=err,
+        eps=opts.eps,
+        problem=problem.detach(),
+        backend=backend_obj,
+    )
