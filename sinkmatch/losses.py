@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sinkmatch import distributed as _dist
 from sinkmatch.exact1d import wasserstein_1d
 from sinkmatch.grouping import pack_groups, percentile_split
 
@@ -87,6 +88,8 @@ def sinkhorn_loss(
     eps: float = 0.1,
     value: str = "regularized",
     reduction: str = "mean",
+    sync: bool = False,
+    process_group: Any = None,
     **solver_kwargs: Any,
 ) -> Tensor:
     """Entropic OT loss over a batch of problems.
@@ -107,6 +110,11 @@ def sinkhorn_loss(
         eps: Entropic regularization, in cost units.
         value: ``"regularized"``, ``"transport"`` or ``"divergence"``.
         reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"`` for the ``(B,)`` values.
+        sync: Under ``torch.distributed``, every rank holds a slice of the points of ``x`` and
+            ``y`` (and of ``a``, ``b``); the loss is that of the point clouds concatenated over
+            the ranks of the default group, equal on every rank, with gradients scaled for DDP
+            (:mod:`sinkmatch.distributed`). A no-op without an initialised process group.
+        process_group: Synchronise over this group instead (implies ``sync``).
         **solver_kwargs: Passed to :func:`sinkmatch.sinkhorn` (``cost``, ``max_iter``, ``tol``,
             ``eps_scaling``, ``init``, ``grad``, ``backend``, ...).
 
@@ -119,6 +127,15 @@ def sinkhorn_loss(
         >>> sinkhorn_loss(x, y, value="transport", reduction="none")
         tensor([1., 1.])
     """
+    x, y, a, b = _dist.sync_points(
+        x,
+        y,
+        a,
+        b,
+        sync=sync,
+        process_group=process_group,
+        settings=dict(solver_kwargs, eps=eps, value=value, reduction=reduction),
+    )
     _check_reduction(reduction)
     _check_value(value)
     return _reduce(_solve(x, y, a, b, eps=eps, value=value, **solver_kwargs).value, reduction)
@@ -136,6 +153,8 @@ def _store_solver_settings(
 
 class SinkhornLoss(nn.Module):
     """Module form of :func:`sinkhorn_loss`; holds the settings, ``forward(x, y, a=None, b=None)``.
+
+    ``sync=True``/``process_group=`` are held with the solver keywords and passed on.
 
     Example:
         >>> import torch
@@ -188,6 +207,8 @@ def grouped_sinkhorn_loss(
     eps: float = 0.1,
     value: str = "regularized",
     reduction: str = "sum",
+    sync: bool = False,
+    process_group: Any = None,
     **solver_kwargs: Any,
 ) -> Tensor:
     """Sinkhorn loss between matching groups of two point sets, in one solver call.
@@ -229,6 +250,12 @@ def grouped_sinkhorn_loss(
         eps: Entropic regularization.
         value: ``"regularized"``, ``"transport"`` or ``"divergence"``.
         reduction: ``"sum"`` (default), ``"mean"`` or ``"none"`` (the ``(G,)`` group values).
+        sync: Under ``torch.distributed``, every rank holds a slice of every group; group ``k``
+            of the loss is the concatenation over the ranks of the default group of each rank's
+            group ``k`` (points, weights and ids are gathered), equal on every rank, with
+            gradients scaled for DDP (:mod:`sinkmatch.distributed`). A no-op without an
+            initialised process group.
+        process_group: Synchronise over this group instead (implies ``sync``).
         **solver_kwargs: Passed to :func:`sinkmatch.sinkhorn`.
 
     Returns:
@@ -245,6 +272,18 @@ def grouped_sinkhorn_loss(
         >>> grouped_sinkhorn_loss(xs, ys, value="transport", reduction="none")
         tensor([1., 4.])
     """
+    xs, ys, a, b, x_groups, y_groups, num_groups = _dist.sync_grouped(
+        xs,
+        ys,
+        a,
+        b,
+        x_groups,
+        y_groups,
+        num_groups,
+        sync=sync,
+        process_group=process_group,
+        settings=dict(solver_kwargs, eps=eps, value=value, reduction=reduction),
+    )
     _check_reduction(reduction)
     _check_value(value)
     if isinstance(xs, Tensor) != isinstance(ys, Tensor):
@@ -305,7 +344,8 @@ def grouped_sinkhorn_loss(
 class GroupedSinkhornLoss(nn.Module):
     """Module form of :func:`grouped_sinkhorn_loss`.
 
-    ``forward(xs, ys, *, a=None, b=None, x_groups=None, y_groups=None, num_groups=None)``.
+    ``forward(xs, ys, *, a=None, b=None, x_groups=None, y_groups=None, num_groups=None)``;
+    ``sync=True``/``process_group=`` are held with the solver keywords and passed on.
     """
 
     def __init__(
@@ -401,6 +441,8 @@ def distribution_matching_loss(
     generator: torch.Generator | None = None,
     eps: float = 0.1,
     value: str = "regularized",
+    sync: bool = False,
+    process_group: Any = None,
     **solver_kwargs: Any,
 ) -> Tensor:
     """CSS-CCNN's label-free loss: match predicted counts with a fresh sample of a count prior.
@@ -450,6 +492,14 @@ def distribution_matching_loss(
         generator: Random generator for the prior sample (and random ties); reproducible draws.
         eps: Entropic regularization, in squared count units.
         value: ``"regularized"``, ``"transport"`` or ``"divergence"``.
+        sync: Under ``torch.distributed``, match the predictions (and scores) of every rank of
+            the default group, concatenated, against one prior sample drawn on rank 0 and
+            broadcast (the target size follows the global ``N``): every rank computes the same
+            global loss, and DDP's gradient averaging yields its gradient. Settings are checked
+            across ranks first (a mismatch raises on every rank). A rank may hold no
+            predictions. A no-op without an initialised process group; see
+            :mod:`sinkmatch.distributed`.
+        process_group: Synchronise over this group instead (implies ``sync``).
         **solver_kwargs: Passed to :func:`sinkmatch.sinkhorn`. Its default ``init="auto"`` starts
             these 1-D problems from the exact sorted-matching potentials (about 20 iterations at
             ``eps=0.1`` instead of hundreds from zero potentials).
@@ -472,6 +522,30 @@ def distribution_matching_loss(
         >>> round(loss.item(), 6)
         4.0
     """
+    synced = _dist.sync_distribution_matching(
+        pred,
+        score,
+        draw=lambda m, device, dtype: _draw(prior, m, generator, device, dtype),
+        target_size=lambda n: _target_size(n, num_samples, samples_per_prediction),
+        generator=generator,
+        random_ties=ties == "random",
+        sync=sync,
+        process_group=process_group,
+        settings=dict(
+            solver_kwargs,
+            num_samples=num_samples,
+            samples_per_prediction=samples_per_prediction,
+            split_q=split_q,
+            min_group_size=min_group_size,
+            ties=ties,
+            split_mode=split_mode,
+            scale=scale,
+            eps=eps,
+            value=value,
+        ),
+    )
+    if synced is not None:
+        pred, score, _, generator = synced
     _check_value(value)
     if not isinstance(pred, Tensor):
         raise TypeError(f"pred must be a torch.Tensor, got {type(pred).__name__}")
@@ -489,7 +563,7 @@ def distribution_matching_loss(
     flat = pred.reshape(-1)
     dtype = torch.float32 if flat.dtype in (torch.float16, torch.bfloat16) else flat.dtype
     m = _target_size(flat.shape[0], num_samples, samples_per_prediction)
-    target = _draw(prior, m, generator, flat.device, dtype)
+    target = _draw(prior, m, generator, flat.device, dtype) if synced is None else synced.target
     solver_kwargs = dict(solver_kwargs, eps=eps, value=value)
 
     if score is None:
@@ -525,7 +599,8 @@ class DistributionMatchingLoss(nn.Module):
 
     Every call draws a fresh target sample (from ``generator`` when given, so a seeded generator
     makes a run reproducible). ``forward(pred, score=None)``; ``score`` is needed when
-    ``split_q`` is set (CSS-CCNN++).
+    ``split_q`` is set (CSS-CCNN++). ``sync=True``/``process_group=`` match the predictions of
+    every rank (see :func:`distribution_matching_loss`).
 
     Example:
         >>> import torch
@@ -551,6 +626,8 @@ class DistributionMatchingLoss(nn.Module):
         generator: torch.Generator | None = None,
         eps: float = 0.1,
         value: str = "regularized",
+        sync: bool = False,
+        process_group: Any = None,
         **solver_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -574,6 +651,7 @@ class DistributionMatchingLoss(nn.Module):
         self.generator = generator
         self.eps = eps
         self.value = _check_value(value)
+        self.sync, self.process_group = sync, process_group
         self.solver_kwargs = solver_kwargs
 
     def forward(
@@ -587,7 +665,8 @@ class DistributionMatchingLoss(nn.Module):
             generator: Draws this call's prior sample; defaults to the generator given at
                 construction (or torch's global one).
         """
-        if score is None and self.split_q is not None:
+        synced = _dist.resolve_group(self.sync, self.process_group) is not None
+        if score is None and self.split_q is not None and not synced:  # else raised on all ranks
             raise ValueError("this loss was built with split_q (CSS-CCNN++): pass score=")
         return distribution_matching_loss(
             pred,
@@ -595,7 +674,7 @@ class DistributionMatchingLoss(nn.Module):
             num_samples=self.num_samples,
             samples_per_prediction=self.samples_per_prediction,
             score=score,
-            split_q=self.split_q if score is not None else None,
+            split_q=self.split_q,
             min_group_size=self.min_group_size,
             ties=self.ties,
             split_mode=self.split_mode,
@@ -603,6 +682,8 @@ class DistributionMatchingLoss(nn.Module):
             generator=self.generator if generator is None else generator,
             eps=self.eps,
             value=self.value,
+            sync=self.sync,
+            process_group=self.process_group,
             **self.solver_kwargs,
         )
 
