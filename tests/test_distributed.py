@@ -141,6 +141,17 @@ def _random_ties(model, x, score, seed: int, how: dict) -> torch.Tensor:
     )
 
 
+def _gather_rows(data, rank: int, group) -> dict[str, object]:
+    """The public gather: variable sizes, an integer tensor, ``None``, and its gradient."""
+    from sinkmatch.distributed import all_gather_rows, check_consistent
+
+    x = data["x"][rank].clone().requires_grad_()
+    gx, gids, none = all_gather_rows(x, data["ids"][rank], None, process_group=group)
+    (gx * torch.arange(gx.shape[0], dtype=gx.dtype)[:, None]).sum().backward()
+    rows = check_consistent({"eps": EPS}, {"x": x}, process_group=group)
+    return {"gather": [gx.detach(), gids, x.grad, none is None, torch.tensor(rows)]}
+
+
 def _scenarios(rank: int, size: int, group) -> dict[str, object]:
     """Everything one rank of a group of ``size`` ranks computes (``group=None``: default)."""
     from torch.nn.parallel import DistributedDataParallel
@@ -161,6 +172,7 @@ def _scenarios(rank: int, size: int, group) -> dict[str, object]:
         ties = [_random_ties(model.module, *inputs[:2], seed, how) for seed in range(3)]
         results["random_ties"] = torch.stack(ties)
     results.update(_failures(model.module, data, rank, size, how))
+    results.update(_gather_rows(data, rank, group))
     with torch.no_grad():  # the group still works after the errors
         results["after_errors"] = compute("dm_plain", model.module, *inputs, **how)
     return results
@@ -249,6 +261,20 @@ def test_every_rank_has_the_single_process_loss_and_ddp_gradients(ranks, kind: s
         assert all(bool(torch.isfinite(g).all()) for g in grads)
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, rtol=0, atol=1e-10, msg=f"rank {rank}")
+
+
+def test_all_gather_rows_concatenates_and_scales_the_gradient(ranks) -> None:
+    world, results = ranks
+    data = make_data(world)
+    whole, ids = torch.cat(data["x"]), torch.cat(data["ids"])
+    starts = [0, *torch.tensor(ROWS[world]).cumsum(0).tolist()]
+    for rank, res in enumerate(results):
+        gx, gids, grad, none_stays_none, rows = res["gather"]
+        assert torch.equal(gx, whole) and torch.equal(gids, ids) and none_stays_none
+        assert rows[:, 0].tolist() == ROWS[world]
+        # d/dx of sum_i i * x_i over the gathered rows: this rank's row indices, times W
+        index = torch.arange(starts[rank], starts[rank + 1], dtype=grad.dtype)
+        torch.testing.assert_close(grad, world * index[:, None].expand_as(grad), rtol=0, atol=0)
 
 
 def test_the_plus_loss_is_really_split(ranks) -> None:
