@@ -122,6 +122,7 @@ def _failures(model, data, rank: int, size: int, how: dict) -> dict[str, list[st
     out["missing_score"] = _error(lambda: fn(pred, missing))
     bad = pred.tolist() if rank == 0 else pred  # not a tensor on rank 0
     out["bad_type"] = _error(lambda: losses.distribution_matching_loss(bad, prior, **how))
+    out["all_empty"] = _error(lambda: losses.distribution_matching_loss(pred[:0], prior, **how))
     return out
 
 
@@ -333,6 +334,13 @@ def test_a_local_input_error_raises_on_every_rank(ranks) -> None:
         kind, message = res["bad_type"]
         assert kind == "DistributedMismatchError"
         assert "rank(s) [0]" in message
+
+
+def test_no_prediction_on_any_rank_raises_on_every_rank(ranks) -> None:
+    _, results = ranks
+    for res in results:
+        assert res["all_empty"][0] == "ValueError"
+        assert "at least one prediction on some rank" in res["all_empty"][1]
 
 
 def test_the_group_still_works_after_the_errors(ranks) -> None:
