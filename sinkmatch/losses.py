@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sinkmatch import distributed as _dist
 from sinkmatch._checks import (
     check_choice,
     check_float_tensor,
@@ -82,6 +83,8 @@ def sinkhorn_loss(
     eps: float = 0.1,
     value: str = "regularized",
     reduction: str = "mean",
+    sync: bool = False,
+    process_group: Any = None,
     **solver_kwargs: Any,
 ) -> Tensor:
     r"""Entropic OT loss over a batch of problems.
@@ -102,6 +105,11 @@ def sinkhorn_loss(
         eps: Entropic regularization, in cost units.
         value: ``"regularized"``, ``"transport"`` or ``"divergence"``.
         reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"`` for the ``(B,)`` values.
+        sync: Under ``torch.distributed``, every rank holds a slice of the points of ``x`` and
+            ``y`` (and of ``a``, ``b``); the loss is that of the point clouds concatenated over
+            the ranks of the default group, equal on every rank, with gradients scaled for DDP
+            (:mod:`sinkmatch.distributed`). A no-op without an initialised process group.
+        process_group: Synchronise over this group instead (implies ``sync``).
         **solver_kwargs: Passed to :func:`sinkmatch.sinkhorn` (``cost``, ``max_iter``, ``tol``,
             ``eps_scaling``, ``init``, ``grad``, ``backend``, ...).
 
@@ -114,6 +122,15 @@ def sinkhorn_loss(
         >>> sinkhorn_loss(x, y, value="transport", reduction="none")
         tensor([1., 1.])
     """
+    x, y, a, b = _dist.sync_points(
+        x,
+        y,
+        a,
+        b,
+        sync=sync,
+        process_group=process_group,
+        settings=dict(solver_kwargs, eps=eps, value=value, reduction=reduction),
+    )
     _check_reduction(reduction)
     _check_value(value)
     return _reduce(sinkhorn(x, y, a, b, eps=eps, value=value, **solver_kwargs).value, reduction)
@@ -131,6 +148,8 @@ def _store_solver_settings(
 
 class SinkhornLoss(nn.Module):
     """Module form of :func:`sinkhorn_loss`; holds the settings, ``forward(x, y, a=None, b=None)``.
+
+    ``sync=True``/``process_group=`` are held with the solver keywords and passed on.
 
     Example:
         >>> import torch
@@ -219,6 +238,8 @@ def grouped_sinkhorn_loss(
     eps: float = 0.1,
     value: str = "regularized",
     reduction: str = "sum",
+    sync: bool = False,
+    process_group: Any = None,
     **solver_kwargs: Any,
 ) -> Tensor:
     r"""Sinkhorn loss between matching groups of two point sets, in one solver call.
@@ -260,6 +281,12 @@ def grouped_sinkhorn_loss(
         eps: Entropic regularization.
         value: ``"regularized"``, ``"transport"`` or ``"divergence"``.
         reduction: ``"sum"`` (default), ``"mean"`` or ``"none"`` (the ``(G,)`` group values).
+        sync: Under ``torch.distributed``, every rank holds a slice of every group; group ``k``
+            of the loss is the concatenation over the ranks of the default group of each rank's
+            group ``k`` (points, weights and ids are gathered), equal on every rank, with
+            gradients scaled for DDP (:mod:`sinkmatch.distributed`). A no-op without an
+            initialised process group.
+        process_group: Synchronise over this group instead (implies ``sync``).
         **solver_kwargs: Passed to :func:`sinkmatch.sinkhorn`.
 
     Returns:
@@ -276,6 +303,18 @@ def grouped_sinkhorn_loss(
         >>> grouped_sinkhorn_loss(xs, ys, value="transport", reduction="none")
         tensor([1., 4.])
     """
+    xs, ys, a, b, x_groups, y_groups, num_groups = _dist.sync_grouped(
+        xs,
+        ys,
+        a,
+        b,
+        x_groups,
+        y_groups,
+        num_groups,
+        sync=sync,
+        process_group=process_group,
+        settings=dict(solver_kwargs, eps=eps, value=value, reduction=reduction),
+    )
     _check_reduction(reduction)
     _check_value(value)
     px, py = _pack_pair(xs, ys, a, b, x_groups, y_groups, num_groups)
@@ -304,7 +343,8 @@ def grouped_sinkhorn_loss(
 class GroupedSinkhornLoss(nn.Module):
     """Module form of :func:`grouped_sinkhorn_loss`.
 
-    ``forward(xs, ys, *, a=None, b=None, x_groups=None, y_groups=None, num_groups=None)``.
+    ``forward(xs, ys, *, a=None, b=None, x_groups=None, y_groups=None, num_groups=None)``;
+    ``sync=True``/``process_group=`` are held with the solver keywords and passed on.
     """
 
     def __init__(
@@ -392,6 +432,8 @@ def distribution_matching_loss(
     generator: torch.Generator | None = None,
     eps: float = 0.1,
     value: str = "regularized",
+    sync: bool = False,
+    process_group: Any = None,
     **solver_kwargs: Any,
 ) -> Tensor:
     r"""CSS-CCNN's label-free loss: match predicted counts with a fresh sample of a count prior.
@@ -443,6 +485,14 @@ def distribution_matching_loss(
         generator: Random generator for the prior sample (and random ties); reproducible draws.
         eps: Entropic regularization, in squared count units.
         value: ``"regularized"``, ``"transport"`` or ``"divergence"``.
+        sync: Under ``torch.distributed``, match the predictions (and scores) of every rank of
+            the default group, concatenated, against one prior sample drawn on rank 0 and
+            broadcast (the target size follows the global ``N``): every rank computes the same
+            global loss, and DDP's gradient averaging yields its gradient. Settings are checked
+            across ranks first (a mismatch raises on every rank). A rank may hold no
+            predictions. A no-op without an initialised process group; see
+            :mod:`sinkmatch.distributed`.
+        process_group: Synchronise over this group instead (implies ``sync``).
         **solver_kwargs: Passed to :func:`sinkmatch.sinkhorn`. Its default ``init="auto"`` starts
             these 1-D problems from the exact sorted-matching potentials (an order of magnitude
             fewer iterations than zero potentials, ``benchmarks/results/sinkhorn.csv``).
@@ -465,6 +515,30 @@ def distribution_matching_loss(
         >>> round(loss.item(), 6)
         4.0
     """
+    synced = _dist.sync_distribution_matching(
+        pred,
+        score,
+        draw=lambda m, device, dtype: _draw(prior, m, generator, device, dtype),
+        target_size=lambda n: _target_size(n, num_samples, samples_per_prediction),
+        generator=generator,
+        random_ties=ties == "random",
+        sync=sync,
+        process_group=process_group,
+        settings=dict(
+            solver_kwargs,
+            num_samples=num_samples,
+            samples_per_prediction=samples_per_prediction,
+            split_q=split_q,
+            min_group_size=min_group_size,
+            ties=ties,
+            split_mode=split_mode,
+            scale=scale,
+            eps=eps,
+            value=value,
+        ),
+    )
+    if synced is not None:
+        pred, score, _, generator = synced
     _check_value(value)
     check_float_tensor("pred", pred)
     if pred.numel() == 0:
@@ -478,35 +552,38 @@ def distribution_matching_loss(
     flat = pred.reshape(-1)
     dtype = compute_dtype(flat)
     m = _target_size(flat.shape[0], num_samples, samples_per_prediction)
-    target = _draw(prior, m, generator, flat.device, dtype)
+    target = _draw(prior, m, generator, flat.device, dtype) if synced is None else synced.target
     solver_kwargs = dict(solver_kwargs, eps=eps, value=value)
+    split_kwargs = dict(min_group_size=min_group_size, ties=ties, mode=split_mode)
+    return (
+        _matching_loss(flat, target, score, split_q, split_kwargs, generator, solver_kwargs) * scale
+    )
 
+
+def _matching_loss(
+    flat: Tensor,
+    target: Tensor,
+    score: Tensor | None,
+    split_q: float | None,
+    split_kwargs: dict[str, Any],
+    generator: torch.Generator | None,
+    solver_kwargs: dict[str, Any],
+) -> Tensor:
+    """The unscaled L_sink (no ``score``) or L++ (split by ``score``) of one prediction set."""
     if score is None:
-        loss = sinkhorn_loss(flat, target, **solver_kwargs)
-    else:
-        split = percentile_split(
-            flat,
-            score,
-            target,
-            q=split_q,
-            min_group_size=min_group_size,
-            ties=ties,
-            mode=split_mode,
-            generator=generator,
-        )
-        if split.fallback:
-            loss = sinkhorn_loss(flat, target, **solver_kwargs)
-        else:
-            loss = grouped_sinkhorn_loss(
-                flat,
-                target,
-                x_groups=split.pred_groups,
-                y_groups=split.target_groups,
-                num_groups=2,
-                reduction="sum",
-                **solver_kwargs,
-            )
-    return loss * scale
+        return sinkhorn_loss(flat, target, **solver_kwargs)
+    split = percentile_split(flat, score, target, q=split_q, generator=generator, **split_kwargs)
+    if split.fallback:
+        return sinkhorn_loss(flat, target, **solver_kwargs)
+    return grouped_sinkhorn_loss(
+        flat,
+        target,
+        x_groups=split.pred_groups,
+        y_groups=split.target_groups,
+        num_groups=2,
+        reduction="sum",
+        **solver_kwargs,
+    )
 
 
 class DistributionMatchingLoss(nn.Module):
@@ -514,7 +591,8 @@ class DistributionMatchingLoss(nn.Module):
 
     Every call draws a fresh target sample (from ``generator`` when given, so a seeded generator
     makes a run reproducible). ``forward(pred, score=None)``; ``score`` is needed when
-    ``split_q`` is set (CSS-CCNN++).
+    ``split_q`` is set (CSS-CCNN++). ``sync=True``/``process_group=`` match the predictions of
+    every rank (see :func:`distribution_matching_loss`).
 
     Example:
         >>> import torch
@@ -540,6 +618,8 @@ class DistributionMatchingLoss(nn.Module):
         generator: torch.Generator | None = None,
         eps: float = 0.1,
         value: str = "regularized",
+        sync: bool = False,
+        process_group: Any = None,
         **solver_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -561,6 +641,7 @@ class DistributionMatchingLoss(nn.Module):
         self.generator = generator
         self.eps = eps
         self.value = _check_value(value)
+        self.sync, self.process_group = sync, process_group
         self.solver_kwargs = solver_kwargs
 
     def forward(
@@ -574,7 +655,8 @@ class DistributionMatchingLoss(nn.Module):
             generator: Draws this call's prior sample; defaults to the generator given at
                 construction (or torch's global one).
         """
-        if score is None and self.split_q is not None:
+        synced = _dist.resolve_group(self.sync, self.process_group) is not None
+        if score is None and self.split_q is not None and not synced:  # else raised on all ranks
             raise ValueError("this loss was built with split_q (CSS-CCNN++): pass score=")
         return distribution_matching_loss(
             pred,
@@ -582,7 +664,7 @@ class DistributionMatchingLoss(nn.Module):
             num_samples=self.num_samples,
             samples_per_prediction=self.samples_per_prediction,
             score=score,
-            split_q=self.split_q if score is not None else None,
+            split_q=self.split_q,
             min_group_size=self.min_group_size,
             ties=self.ties,
             split_mode=self.split_mode,
@@ -590,6 +672,8 @@ class DistributionMatchingLoss(nn.Module):
             generator=self.generator if generator is None else generator,
             eps=self.eps,
             value=self.value,
+            sync=self.sync,
+            process_group=self.process_group,
             **self.solver_kwargs,
         )
 
