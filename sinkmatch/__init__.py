@@ -36,6 +36,9 @@ _EXPORTS: dict[str, str] = {
     "Comparison": "sinkmatch.priors.fit",
     # costs and solver
     "get_cost": "sinkmatch.costs",
+    "PowerCost": "sinkmatch.costs",
+    "SqEuclidean": "sinkmatch.costs",
+    "Euclidean": "sinkmatch.costs",
     "SinkhornResult": "sinkmatch.solver",
     "sinkhorn": "sinkmatch.solver",
     # exact 1-D

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from sinkmatch.costs import DIRECT_MAX_DIM, Cost
+from sinkmatch.costs import DIRECT_MAX_DIM, Cost, is_power_cost
 
 __all__ = [
     "EXP_FLOOR",
@@ -59,7 +59,7 @@ _NO_MASS = -1e30
 
 def _direct(cost: Cost, d: int) -> bool:
     """Named cost with few coordinates: generated in place from coordinate differences."""
-    return cost.name in ("sqeuclidean", "euclidean") and d <= DIRECT_MAX_DIM
+    return is_power_cost(cost) and d <= DIRECT_MAX_DIM
 
 
 def _blocks(batch: int, n: int, m: int, row_block: int | None, col_block: int | None):
@@ -88,27 +88,31 @@ def _column_blocks(y: Tensor, h: Tensor, yt: Tensor | None, cb: int) -> list:
 def _scores(
     eps: float, xr: Tensor, yc: Tensor, hc: Tensor, cost: Cost, out: Tensor, scratch, ytc=None
 ):
-    """``h_j - C_ij / eps`` for one tile, written into ``out`` (B, R, C) without temporaries.
+    r"""``h_j - C_ij / eps`` for one tile, written into ``out`` (B, R, C) without temporaries.
 
-    Named costs use direct coordinate differences (no ``|x|^2 + |y|^2 - 2 x.y`` expansion, whose
-    cancellation in float32 would cost ~1e-2 in the exponent for counts in the hundreds);
+    Named costs (:math:`s\,\|x - y\|^p`, any ``p >= 1``) use direct coordinate differences (no
+    ``|x|^2 + |y|^2 - 2 x.y`` expansion, whose cancellation in float32 would cost ~1e-2 in the
+    exponent for counts in the hundreds);
     ``scratch`` (a flat buffer of ``out``'s size) holds the differences for ``D > 1`` and
     ``ytc`` (B, D, C) is ``yc`` transposed to contiguous coordinate rows (unit-stride
     broadcasts). Call without gradient recording.
     """
-    scale = -1.0 / eps
     d = xr.shape[-1]
     if not _direct(cost, d):
-        return torch.add(hc[:, None, :], cost.matrix(xr, yc), alpha=scale, out=out)
+        return torch.add(hc[:, None, :], cost.matrix(xr, yc), alpha=-1.0 / eps, out=out)
+    p, scale = cost.power, -cost.scale / eps
     if d == 1:
         torch.sub(xr, yc.transpose(1, 2), out=out)
-        if cost.name == "sqeuclidean":
+        if p == 2.0:
             return torch.addcmul(hc[:, None, :], out, out, value=scale, out=out)
-        return torch.add(hc[:, None, :], out.abs_(), alpha=scale, out=out)
+        out.abs_()
+        if p != 1.0:
+            out.pow_(p)
+        return torch.add(hc[:, None, :], out, alpha=scale, out=out)
     diff = scratch[: out.numel()].view(out.shape)
     if ytc is None:
         ytc = yc.transpose(1, 2).contiguous()
-    if cost.name == "sqeuclidean":  # h - sum_k d_k^2 / eps, two passes per coordinate
+    if p == 2.0:  # h - s sum_k d_k^2 / eps, two passes per coordinate
         for k in range(d):
             torch.sub(xr[..., k, None], ytc[:, k, None, :], out=diff)
             if k == 0:
@@ -120,7 +124,11 @@ def _scores(
     for k in range(d):
         torch.sub(xr[..., k, None], ytc[:, k, None, :], out=diff)
         out.addcmul_(diff, diff)
-    return torch.add(hc[:, None, :], out.sqrt_(), alpha=scale, out=out)
+    if p == 1.0:
+        out.sqrt_()
+    else:
+        out.pow_(0.5 * p)
+    return torch.add(hc[:, None, :], out, alpha=scale, out=out)
 
 
 def _exp_shifted_(tile: Tensor, shift: Tensor) -> Tensor:

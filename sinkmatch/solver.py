@@ -289,7 +289,9 @@ def _start(prob: Problem, init: Any) -> tuple[Tensor, Tensor]:
             f, g = exact_1d_potentials(
                 prob.x[..., 0], prob.y[..., 0], prob.a, prob.b, p=prob.cost.power, ties="average"
             )
-        f, g = f.to(prob.x.dtype), g.to(prob.x.dtype)
+        # the potentials of s |x - y|^p are s times those of |x - y|^p
+        scale = prob.cost.scale
+        f, g = (scale * f).to(prob.x.dtype), (scale * g).to(prob.x.dtype)
     else:
         f, g = init
     return (f, f) if prob.symmetric else (f, g)
@@ -387,8 +389,10 @@ def sinkhorn(
             Zero marks padding. Normalized to sum 1 per problem (so only their ratios matter).
         b ((M,) or (B, M) Tensor, optional): Target weights, likewise.
         eps: Entropic regularization ε > 0, in cost units.
-        cost: ``"sqeuclidean"`` (:math:`\|x-y\|^2`, not halved), ``"euclidean"``, or a callable
-            ``(x (B, N, D), y (B, M, D)) -> (B, N, M)`` (dense backend only).
+        cost: ``"sqeuclidean"`` (:math:`\|x-y\|^2`, not halved), ``"euclidean"``, a
+            :class:`~sinkmatch.costs.PowerCost` (:math:`s\,\|x-y\|^p` for any ``p >= 1``,
+            every backend; GeomLoss's :math:`\tfrac12\|x-y\|^2` is ``SqEuclidean(scale=0.5)``),
+            or a callable ``(x (B, N, D), y (B, M, D)) -> (B, N, M)`` (dense backend only).
         value: ``"regularized"`` (:math:`\mathrm{OT}_\varepsilon`, the entropic objective, equal to
             :math:`\langle a, f\rangle + \langle b, g\rangle` at convergence), ``"transport"``
             (:math:`\langle P_\varepsilon, C\rangle`, what POT's ``sinkhorn2`` returns) or
@@ -416,7 +420,8 @@ def sinkhorn(
             dual potentials of :func:`sinkmatch.exact1d.exact_1d_potentials` (sorting,
             :math:`O((N + M)\log(N + M))`), which zero weights (padding) do not disturb.
             The ``"auto"`` rule: ``"exact1d"`` when ``D == 1`` and the cost is a named one
-            (``"sqeuclidean"``, ``"euclidean"``: :math:`|x - y|^p`, ``p = 2, 1``) and not
+            (:math:`s\,|x - y|^p`, any ``p >= 1``: ``"sqeuclidean"``, ``"euclidean"``, a
+            :class:`~sinkmatch.costs.PowerCost`) and not
             ``fixed_iterations``; otherwise ``None`` (zero potentials with ε-scaling from the
             diameter). A warm start skips ε-scaling (``eps_start`` defaults to ``eps``): on the
             CSS-CCNN workload (1-D, ε = 0.1) it converges in an order of magnitude fewer

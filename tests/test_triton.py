@@ -429,8 +429,8 @@ def test_solver_backend_name_triton_resolves_to_kernel():
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("d", "dtype"), [(3, "fp16"), (17, "fp64")])
-def test_kernels_compile_for_sm90(monkeypatch, tmp_path, d, dtype):
+@pytest.mark.parametrize(("d", "dtype", "power"), [(3, "fp16", 1.0), (17, "fp64", 1.5)])
+def test_kernels_compile_for_sm90(monkeypatch, tmp_path, d, dtype, power):
     """Compile every kernel for an H100 (sm_90) target: catches errors the interpreter misses.
 
     Needs no GPU (ptxas ships with Triton). Uses Triton's compiler API, which changes between
@@ -455,7 +455,7 @@ def test_kernels_compile_for_sm90(monkeypatch, tmp_path, d, dtype):
     consts = {
         "D": d,
         "DP": dp,
-        "EUCLID": True,
+        "POWER": power,
         "ACC": getattr(tl, acc.replace("fp", "float")),
         "BLOCK_N": block,
         "BLOCK_M": 32,

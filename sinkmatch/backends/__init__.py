@@ -3,7 +3,7 @@
 ``get_backend("auto", ...)`` chooses, in order:
 
 1. ``triton`` when the tensors are on CUDA, ``import triton`` succeeds and the cost is a named
-   one (``"sqeuclidean"`` or ``"euclidean"``);
+   one (``"sqeuclidean"``, ``"euclidean"`` or any :class:`~sinkmatch.costs.PowerCost`);
 2. ``dense`` when ``B·N·M ≤ 2^24`` (the cost matrix is at most 64 MiB in float32), and always
    for callable costs (only the dense backend can evaluate them);
 3. ``online`` otherwise (``O(N + M)`` memory per problem).
@@ -22,7 +22,7 @@ from typing import Union
 from torch import Tensor
 
 from sinkmatch.backends.base import Backend, Geometry, Problem, SoftminBackend
-from sinkmatch.costs import Cost
+from sinkmatch.costs import Cost, is_power_cost
 
 __all__ = [
     "AUTO_DENSE_MAX_ELEMENTS",
@@ -70,7 +70,8 @@ def get_backend(
             :class:`SoftminBackend`.
         x ((B, N, D) Tensor): Row points (device and sizes drive the ``auto`` rule).
         y ((B, M, D) Tensor): Column points.
-        cost: The cost; callables (``cost.name is None``) need the dense backend.
+        cost: The cost; anything but a :class:`~sinkmatch.costs.PowerCost` (callables) needs
+            the dense backend.
 
     Returns:
         SoftminBackend: The backend instance.
@@ -87,16 +88,18 @@ def get_backend(
         name = backend
         if name == "auto":
             size = x.shape[0] * x.shape[1] * y.shape[1]
-            if x.is_cuda and cost.name is not None and _triton_importable():
+            named = is_power_cost(cost)
+            if x.is_cuda and named and _triton_importable():
                 name = "triton"
-            elif size <= AUTO_DENSE_MAX_ELEMENTS or cost.name is None:
+            elif size <= AUTO_DENSE_MAX_ELEMENTS or not named:
                 name = "dense"
             else:
                 name = "online"
-        if cost.name is None and name != "dense":
+        if not is_power_cost(cost) and name != "dense":
             raise ValueError(
-                f"backend {backend!r} needs a named cost ('sqeuclidean' or 'euclidean'); "
-                f"got the callable cost {cost!r}; use backend='dense'"
+                f"backend {backend!r} needs a named cost ('sqeuclidean', 'euclidean' or a "
+                f"PowerCost); got {cost!r}, which only the dense backend evaluates (callable costs, "
+                "precomputed matrices); use backend='dense'"
             )
         return _make(name)
     if isinstance(backend, SoftminBackend):

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from sinkmatch._checks import compute_dtype
 from sinkmatch.backends.base import Backend, Geometry, Problem, last_positive
-from sinkmatch.costs import Cost
+from sinkmatch.costs import Cost, is_power_cost
 from sinkmatch.plan import EXP_FLOOR
 
 __all__ = [
@@ -147,8 +147,8 @@ class DenseGeometry(Geometry):
     def final_f(self, g: Tensor, eps: float) -> Tensor:
         """The kernel's differentiable rows when valid at this ε (squared cost), else generic."""
         p, kern, out = self.problem, self._kernel, None
-        if kern is not None and kern.eps == eps and p.cost.name == "sqeuclidean":
-            out = kern.rows_sqeuclidean(p.x, p.y, p.log_b + g / eps)
+        if kern is not None and kern.eps == eps and is_power_cost(p.cost) and p.cost.power == 2:
+            out = kern.rows_sqeuclidean(p.x, p.y, p.log_b + g / eps, scale=p.cost.scale)
         if out is None:
             return super().final_f(g, eps)  # releases the caches too
         self.release()
@@ -285,30 +285,33 @@ class StabilizedKernel:
         lengths = None if self._lengths is None else self._lengths[::-1]
         return self._apply(self.kernel.transpose(1, 2), h, self.g_ref, self.f_ref, lengths)
 
-    def rows_sqeuclidean(self, x: Tensor, y: Tensor, h: Tensor) -> Tensor | None:
+    def rows_sqeuclidean(
+        self, x: Tensor, y: Tensor, h: Tensor, *, scale: float = 1.0
+    ) -> Tensor | None:
         r"""Differentiable soft-min over the columns for the squared cost; ``None`` when unsafe.
 
-        The backward uses matrix-vector products with the kernel only (plan
-        :math:`\pi_{ij} = \tilde K_{ij} v_j / s_i`): :math:`\partial_{x_i} = 2\bar o_i(x_i -
-        \sum_j \pi_{ij} y_j)`, :math:`\partial_{y_j} = 2\sum_i \bar o_i \pi_{ij}(y_j - x_i)`,
-        :math:`\partial_{h_j} = -\varepsilon \sum_i \bar o_i \pi_{ij}`. ``x`` and ``y`` must be
-        the points the kernel was built from.
+        For :math:`C = s\|x - y\|^2` the backward uses matrix-vector products with the kernel
+        only (plan :math:`\pi_{ij} = \tilde K_{ij} v_j / s_i`): :math:`\partial_{x_i} = 2s\bar
+        o_i(x_i - \sum_j \pi_{ij} y_j)`, :math:`\partial_{y_j} = 2s\sum_i \bar o_i
+        \pi_{ij}(y_j - x_i)`, :math:`\partial_{h_j} = -\varepsilon \sum_i \bar o_i \pi_{ij}`.
+        ``x`` and ``y`` must be the points the kernel was built from, ``scale`` the cost's
+        :math:`s`.
         """
         with torch.no_grad():
             v, shift = self._weights(h.detach(), self.g_ref)
             total = batched_mv(self.kernel, v)
             if not bool((total > _KERNEL_SAFE_SUM).all()):
                 return None
-        return _KernelRowsSq.apply(x, y, h, self, v, shift, total)
+        return _KernelRowsSq.apply(x, y, h, self, v, shift, total, scale)
 
 
 class _KernelRowsSq(torch.autograd.Function):
     """Forward/backward of :meth:`StabilizedKernel.rows_sqeuclidean`."""
 
     @staticmethod
-    def forward(ctx, x, y, h, kern, v, shift, total):  # type: ignore[override]
+    def forward(ctx, x, y, h, kern, v, shift, total, scale):  # type: ignore[override]
         ctx.save_for_backward(x, y, v, total)
-        ctx.kern = kern
+        ctx.kern, ctx.two_s = kern, 2.0 * scale
         return kern.f_ref - kern.eps * (shift + total.log())
 
     @staticmethod
@@ -324,13 +327,13 @@ class _KernelRowsSq(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             vy = v.unsqueeze(-1) * y  # (B, M, D)
             kvy = batched_mv(k, vy[..., 0]).unsqueeze(-1) if y.shape[-1] == 1 else torch.bmm(k, vy)
-            gx = 2.0 * (grad_out.unsqueeze(-1) * x - w.unsqueeze(-1) * kvy)
+            gx = ctx.two_s * (grad_out.unsqueeze(-1) * x - w.unsqueeze(-1) * kvy)
         if ctx.needs_input_grad[1]:
             wx = w.unsqueeze(-1) * x  # (B, N, D)
             ktwx = (
                 batched_mv(kt, wx[..., 0]).unsqueeze(-1) if x.shape[-1] == 1 else torch.bmm(kt, wx)
             )
-            gy = 2.0 * v.unsqueeze(-1) * (y * ktw - ktwx)
+            gy = ctx.two_s * v.unsqueeze(-1) * (y * ktw - ktwx)
         if ctx.needs_input_grad[2]:
             gh = -kern.eps * v * ktw.squeeze(-1)
-        return gx, gy, gh, None, None, None, None
+        return gx, gy, gh, None, None, None, None, None

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from sinkmatch._checks import check_int
 from sinkmatch.backends.base import Backend
-from sinkmatch.costs import Cost
+from sinkmatch.costs import Cost, is_power_cost
 from sinkmatch.plan import plan_tiles, tiled_logsumexp
 
 __all__ = ["OnlineSoftmin"]
@@ -52,8 +52,9 @@ class _StreamedSoftmin(torch.autograd.Function):
         gx = torch.zeros_like(x) if need_x else None
         gy = torch.zeros_like(y) if need_y else None
         gh = torch.zeros_like(h) if need_h else None
-        sq = cost.name == "sqeuclidean"
+        sq = is_power_cost(cost) and cost.power == 2.0
         if sq:
+            two_s = 2.0 * cost.scale
             # Squared cost, whose vjp is linear in the points: with W = diag(w) pi (w the
             # incoming gradient), W [1, y] = w * (pi [1, y]) and W^T [1, x] = pi^T (w * [1, x]):
             # two thin matrix products per tile give the row and column sums of W and the
@@ -67,13 +68,13 @@ class _StreamedSoftmin(torch.autograd.Function):
             if sq:
                 if need_x:
                     py = torch.bmm(pi, y1[:, cols]).mul_(grad_out[:, rows, None])  # (B, R, 1 + D)
-                    gx[:, rows] += 2.0 * (xr * py[..., :1] - py[..., 1:])
+                    gx[:, rows] += two_s * (xr * py[..., :1] - py[..., 1:])
                 if need_y or need_h:
                     px = torch.bmm(pi.transpose(1, 2), wx1[:, rows])  # (B, C, 1 + D)
                     if need_h:
                         gh[:, cols] -= eps * px[..., 0]
                     if need_y:
-                        gy[:, cols] += 2.0 * (yc * px[..., :1] - px[..., 1:])
+                        gy[:, cols] += two_s * (yc * px[..., :1] - px[..., 1:])
                 continue
             weights = pi.mul_(grad_out[:, rows, None])  # d loss / d C_ij (overwrites pi)
             if need_h:
@@ -88,7 +89,7 @@ class _StreamedSoftmin(torch.autograd.Function):
 
 
 class OnlineSoftmin(Backend):
-    """Blocked softmin with a streaming custom backward (named costs only).
+    r"""Blocked softmin with a streaming custom backward (named costs only: :math:`s\,\|x-y\|^p`).
 
     Args:
         row_block: Rows per tile (default 128).
@@ -111,10 +112,10 @@ class OnlineSoftmin(Backend):
 
     def softmin(self, eps: float, x: Tensor, y: Tensor, h: Tensor, cost: Cost) -> Tensor:
         """See :class:`sinkmatch.backends.base.SoftminBackend`."""
-        if cost.name is None:
+        if not is_power_cost(cost):
             raise ValueError(
-                "the online backend needs a named cost ('sqeuclidean' or 'euclidean'), got "
-                f"{cost!r}; use backend='dense' for callable costs"
+                "the online backend needs a named cost ('sqeuclidean', 'euclidean' or a "
+                f"PowerCost), got {cost!r}; use backend='dense' for callable costs"
             )
         return _StreamedSoftmin.apply(x, y, h, eps, cost, self.row_block, self.col_block)
 

@@ -3,7 +3,8 @@ r"""Fused, batched soft-min in Triton: one launch per half step for a whole batc
 The kernel streams the cost matrix the way flash-attention streams attention scores: the grid
 runs over (problem, block of rows); each program loops over blocks of columns keeping a running
 maximum and a rescaled sum (online log-sum-exp), generating
-:math:`C_{ij} = \|x_i - y_j\|^2` or :math:`\|x_i - y_j\|` from the coordinates on the fly.
+:math:`C_{ij} = s\,\|x_i - y_j\|^p` (any ``p >= 1``; :math:`\|x_i - y_j\|^2` and
+:math:`\|x_i - y_j\|` have their own exact branches) from the coordinates on the fly.
 Nothing of size ``N x M`` is ever stored, in the forward or the backward pass.
 
 .. math::
@@ -16,8 +17,9 @@ Backward (two more launches, O(N + M) memory), with :math:`w = \partial L/\parti
 :math:`\partial_{h_j} = -\varepsilon \sum_i w_i \pi_{ij}`,
 :math:`\partial_{x_i} = w_i \sum_j \pi_{ij} \partial_x C_{ij}` (for the squared cost
 :math:`2 w_i (x_i - T(x_i))`, :math:`T` the barycentric map) and
-:math:`\partial_{y_j} = \sum_i w_i \pi_{ij} \partial_y C_{ij}`. The Euclidean gradient
-:math:`(x - y)/\|x - y\|` is taken as 0 at :math:`x = y`.
+:math:`\partial_{y_j} = \sum_i w_i \pi_{ij} \partial_y C_{ij}`. The gradient
+:math:`s\,p\,\|x - y\|^{p-2}(x - y)` is taken as 0 at :math:`x = y` (for ``p = 1`` a
+subgradient).
 
 Precision: float16, bfloat16 and float32 inputs are accumulated in float32 and the output is
 float32; float64 inputs are computed in float64 throughout (Triton supports float64 arithmetic;
@@ -71,13 +73,13 @@ from sinkmatch._checks import (
     describe,
 )
 from sinkmatch.backends.base import Backend, last_positive
+from sinkmatch.costs import get_cost, is_power_cost
 
 if TYPE_CHECKING:
     from types import ModuleType
 
 __all__ = ["TritonSoftmin", "triton_softmin"]
 
-_COSTS = ("sqeuclidean", "euclidean")
 # Coordinates per point: the backward keeps a (BLOCK_N, next_pow2(D)) accumulator in registers.
 MAX_DIM = 256
 _DOT_MAX_BLOCK = 32
@@ -85,14 +87,16 @@ _KERNEL_FILE = Path(__file__).with_name("_triton_kernels.py")
 _MODULES: dict[bool, ModuleType] = {}
 
 
-def _cost_name(cost: Any) -> str:
-    name = getattr(cost, "name", cost)
-    if not isinstance(name, str) or name not in _COSTS:
+def _cost_params(cost: Any) -> tuple[float, float]:
+    r"""``(p, s)`` of a named cost :math:`s\,\|x - y\|^p`: a name or a :class:`PowerCost`."""
+    if isinstance(cost, str) and cost in ("sqeuclidean", "euclidean"):
+        cost = get_cost(cost)
+    if not is_power_cost(cost):
         raise ValueError(
-            f"cost must be one of {list(_COSTS)} (or a Cost object with that name) for the "
-            f"triton backend, got {cost!r}; use backend='dense' for other costs"
+            "cost must be one of ['sqeuclidean', 'euclidean'] or a PowerCost (s |x - y|^p) for "
+            f"the triton backend, got {cost!r}; use backend='dense' for other costs"
         )
-    return name
+    return cost.power, cost.scale
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,25 +185,29 @@ class _Launch:
     """Everything a launch needs besides the tensors."""
 
     eps: float
-    euclid: bool
+    power: float
+    scale: float
     block_n: int
     block_m: int
     num_warps: int
     interpret: bool
 
 
-def _scalars(eps: float, like: Tensor) -> tuple[Tensor, Tensor]:
-    """``1/eps`` and ``-eps`` as one-element tensors of the compute dtype (cached).
+def _scalars(cfg: _Launch, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``s/eps`` and ``-eps`` as one-element tensors of the compute dtype (cached).
 
     Passed as tensors because Triton types Python float arguments as float32; cached so that a
-    Sinkhorn loop does not launch two fill kernels per half step.
+    Sinkhorn loop does not launch two fill kernels per half step. The kernels compute the
+    unscaled cost, so the cost's scale ``s`` enters through ``s/eps``.
     """
-    return _scalars_cached(float(eps), like.dtype, like.device)
+    return _scalars_cached(float(cfg.eps), float(cfg.scale), like.dtype, like.device)
 
 
 @functools.lru_cache(maxsize=64)
-def _scalars_cached(eps: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    inv = torch.full((1,), 1.0 / eps, dtype=dtype, device=device)
+def _scalars_cached(
+    eps: float, scale: float, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    inv = torch.full((1,), scale / eps, dtype=dtype, device=device)
     neg = torch.full((1,), -eps, dtype=dtype, device=device)
     return inv, neg
 
@@ -220,7 +228,7 @@ def _forward(cfg: _Launch, x: Tensor, y: Tensor, h: Tensor, n_valid: Tensor, m_v
     acc = compute_dtype(x, y, h)
     out = torch.empty((b, n), dtype=acc, device=x.device)
     lse = torch.empty((b, n), dtype=acc, device=x.device)
-    inv, neg = _scalars(cfg.eps, out)
+    inv, neg = _scalars(cfg, out)
     n_blocks = -(-n // cfg.block_n)
     extra = _launch_options(cfg)
     with _device_ctx(x):
@@ -238,7 +246,7 @@ def _forward(cfg: _Launch, x: Tensor, y: Tensor, h: Tensor, n_valid: Tensor, m_v
             m,
             n_blocks,
             D=d,
-            EUCLID=cfg.euclid,
+            POWER=cfg.power,
             ACC=_tl_dtype(acc),
             BLOCK_N=cfg.block_n,
             BLOCK_M=cfg.block_m,
@@ -264,7 +272,7 @@ def _backward(
     m = y.shape[1]
     acc = lse.dtype
     dp = 1 << max(0, (d - 1).bit_length())
-    inv, neg = _scalars(cfg.eps, lse)
+    inv, neg = _scalars(cfg, lse)
     extra = _launch_options(cfg)
     # With >= 16 coordinates the weighted coordinate sums are a tl.dot whose operands and
     # (BLOCK, DP) accumulator must stay in registers: blocks above 32 spill (ptxas, sm_90).
@@ -273,7 +281,7 @@ def _backward(
     common = {
         "D": d,
         "DP": dp,
-        "EUCLID": cfg.euclid,
+        "POWER": cfg.power,
         "ACC": _tl_dtype(acc),
         "BLOCK_N": block_n,
         "BLOCK_M": block_m,
@@ -294,6 +302,9 @@ def _backward(
             k.softmin_bwd_cols_kernel[(b * m_blocks,)](
                 x, y, h, lse, w, inv, neg, n_valid, m_valid, gy, gh, n, m, m_blocks, **common
             )
+    if cfg.scale != 1.0:  # the kernels differentiate the unscaled cost
+        gx = None if gx is None else gx.mul_(cfg.scale)
+        gy = None if gy is None else gy.mul_(cfg.scale)
     return gx, gy, gh
 
 
@@ -403,7 +414,8 @@ def triton_softmin(
         h ((B, M) Tensor): Column log-weights plus scaled potential; ``-inf`` marks padding and
             zero weights.
         cost: ``"sqeuclidean"`` (:math:`\|x-y\|^2`), ``"euclidean"`` (:math:`\|x-y\|`) or a
-            cost object with one of these names.
+            :class:`~sinkmatch.costs.PowerCost` (:math:`s\,\|x-y\|^p`, any ``p >= 1`` and
+            scale ``s``; ``SqEuclidean(scale=0.5)`` and ``Euclidean()`` are such objects).
         n_valid ((B,) int Tensor, optional): Rows ``i >= n_valid[b]`` are padding: not
             computed, returned as 0 with zero gradient. Default: all ``N`` rows.
         m_valid ((B,) int Tensor, optional): Columns ``j >= m_valid[b]`` are skipped; they must
@@ -424,7 +436,7 @@ def triton_softmin(
         TypeError: Non-tensor or non-floating inputs.
     """
     eps = _check_inputs(eps, x, y, h)
-    euclid = _cost_name(cost) == "euclidean"
+    power, scale = _cost_params(cost)
     _check_blocks(block_n, block_m, num_warps)
     interpret = _use_interpreter(x.device)
     if not interpret and min(block_n, block_m) < 16:
@@ -444,7 +456,7 @@ def triton_softmin(
         return torch.full((b, n), math.inf, dtype=acc, device=x.device)
     if m_valid is None:
         mv = last_positive(h != -math.inf)  # NaN is not padding
-    cfg = _Launch(eps, euclid, block_n, block_m, num_warps, interpret)
+    cfg = _Launch(eps, power, scale, block_n, block_m, num_warps, interpret)
     x, y, h = x.contiguous(), y.contiguous(), h.contiguous()
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad or h.requires_grad):
         return _SoftminFunction.apply(x, y, h, nv, mv, cfg)
