@@ -41,6 +41,7 @@ __all__ = [
     "Cost",
     "Euclidean",
     "PowerCost",
+    "PrecomputedCost",
     "SqEuclidean",
     "get_cost",
     "is_power_cost",
@@ -317,6 +318,23 @@ class CallableCost(Cost):
 
     def __repr__(self) -> str:
         return f"CallableCost({self.fn!r})"
+
+
+class PrecomputedCost(Cost):
+    """Marker cost of a problem given by its cost matrix (``sinkhorn(cost_matrix=...)``).
+
+    The matrix lives in the :class:`~sinkmatch.backends.base.Problem`; only the dense backend
+    solves such problems, and nothing computes a cost from points: :meth:`matrix` raises.
+    """
+
+    def matrix(self, x: Tensor, y: Tensor) -> Tensor:
+        raise ValueError(
+            "this problem was given by a precomputed cost_matrix: there are no points to "
+            "compute a cost from (only the dense backend solves it)"
+        )
+
+    def diameter(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.matrix(x, y)
 
 
 _NAMED = {"sqeuclidean": SqEuclidean, "euclidean": Euclidean}

@@ -51,9 +51,10 @@ from sinkmatch._checks import (
     check_real,
     check_same_device,
     compute_dtype,
+    describe,
 )
 from sinkmatch.backends import Geometry, Problem, SoftminBackend, get_backend, prepare
-from sinkmatch.costs import Cost, get_cost
+from sinkmatch.costs import Cost, PrecomputedCost, get_cost
 from sinkmatch.exact1d import exact_1d_potentials
 
 __all__ = ["VALUES", "SinkhornResult", "sinkhorn"]
@@ -90,7 +91,8 @@ class SinkhornResult:
             update ``T(g_k)``, whose plan has exact rows.
         eps (float): The entropic regularization.
         problem (Problem): The ``x``–``y`` problem as solved (points ``(B, N, D)`` in the
-            compute dtype, normalized weights, the cost), detached.
+            compute dtype, normalized weights, the cost; or the ``cost_matrix`` with
+            ``(B, N, 0)`` placeholder points), detached.
         backend (SoftminBackend): The backend that solved it (the ``"auto"`` rule's choice).
     """
 
@@ -204,14 +206,20 @@ def eps_schedule(eps: float, start: float | None, factor: float | None) -> list[
     return [*levels, eps]
 
 
-def _eps_start(opts: _Options, cost: Cost, x: Tensor, y: Tensor, warm: bool) -> float | None:
-    """The first ε: ``eps_start``, else ``eps`` itself after a warm start, else the diameter."""
+def _eps_start(opts: _Options, prob: Problem, warm: bool) -> float | None:
+    """The first ε: ``eps_start``, else ``eps`` itself after a warm start, else the diameter.
+
+    The diameter of a precomputed cost matrix is the range of its entries.
+    """
     if opts.eps_scaling is None or opts.eps_start is not None:
         return opts.eps_start
     if warm:
         return opts.eps  # a warm start needs no scaling
     with torch.no_grad():
-        return float(cost.diameter(x, y).max())
+        c = prob.cost_matrix
+        if c is not None:
+            return float((c.flatten(1).amax(1) - c.flatten(1).amin(1)).max())
+        return float(prob.cost.diameter(prob.x, prob.y).max())
 
 
 # ------------------------------------------------------------------------------- inputs, start
@@ -237,6 +245,73 @@ def _prepare_points(x: Any, y: Any) -> tuple[Tensor, Tensor, bool]:
             )
     dtype = compute_dtype(xb, yb)
     return xb.to(dtype), yb.to(dtype), x.ndim <= 2 and y.ndim <= 2
+
+
+def _prepare_matrix(
+    c: Any, x: Any, y: Any, cost: Any, a: Any, b: Any, check_values: bool
+) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """``(C (B, N, M), x (B, N, 0), y (B, M, 0), unbatched)`` for ``cost_matrix=``.
+
+    An ``(N, M)`` matrix is shared by a batch of weights ``(B, N)``/``(B, M)``; the placeholder
+    points carry the sizes, dtype and device.
+    """
+    if x is not None or y is not None:
+        raise ValueError(
+            "give either the points x and y or cost_matrix=, not both; got x "
+            f"{describe(x)}, y {describe(y)} and cost_matrix {describe(c)}"
+        )
+    if cost is not None:
+        raise ValueError(
+            f"cost= computes the cost from points; with cost_matrix= leave it out, got {cost!r}"
+        )
+    c = check_float_tensor("cost_matrix", c)
+    if c.ndim not in (2, 3) or c.shape[-1] == 0 or c.shape[-2] == 0:
+        raise ValueError(
+            f"cost_matrix must have shape (N, M) or (B, N, M) with N, M >= 1, got {describe(c)}"
+        )
+    check_same_device(cost_matrix=c, a=a, b=b)
+    cb = c if c.ndim == 3 else c[None]
+    batched_w = [w.shape[0] for w in (a, b) if isinstance(w, Tensor) and w.ndim == 2]
+    if c.ndim == 2 and batched_w:
+        cb = cb.expand(max(batched_w), -1, -1)
+    cb = cb.to(compute_dtype(cb))
+    if check_values:
+        check_finite("cost_matrix", cb)
+    batch, n, m = cb.shape
+    x0, y0 = cb.new_zeros(batch, n, 0), cb.new_zeros(batch, m, 0)
+    return cb, x0, y0, c.ndim == 2 and not batched_w
+
+
+def _build_problem(
+    x: Any, y: Any, a: Any, b: Any, cost_matrix: Any, cost: Any, opts: _Options
+) -> tuple[Problem, bool]:
+    """The checked :class:`Problem` from points or a cost matrix, and whether it is unbatched."""
+    cmat = None
+    if cost_matrix is not None:
+        cmat, xb, yb, unbatched = _prepare_matrix(cost_matrix, x, y, cost, a, b, opts.check_values)
+        cost_obj: Cost = PrecomputedCost()
+        if opts.value == "divergence":
+            raise ValueError(
+                "value='divergence' needs the self costs C(x, x) and C(y, y), which a "
+                "cost_matrix does not give; pass points, or use value='regularized'"
+            )
+    else:
+        if x is None or y is None:
+            raise TypeError(
+                "sinkhorn() needs the points x and y, or a precomputed cost_matrix=; got x "
+                f"{describe(x)} and y {describe(y)}"
+            )
+        cost_obj = get_cost("sqeuclidean" if cost is None else cost)
+        xb, yb, unbatched = _prepare_points(x, y)
+        if opts.check_values:
+            check_finite("x", xb)
+            check_finite("y", yb)
+    check_same_device(x=xb, a=a, b=b)
+    batch, n, m = xb.shape[0], xb.shape[1], yb.shape[1]
+    weights = dict(batch=batch, dtype=xb.dtype, device=xb.device, check_values=opts.check_values)
+    an = as_weights(a, "a", n_points=n, **weights)
+    bn = as_weights(b, "b", n_points=m, **weights)
+    return Problem(xb, yb, an, bn, cost_obj, cost_matrix=cmat), unbatched
 
 
 def _resolve_init(init: Any, cost: Cost, x: Tensor, y: Tensor, opts: _Options) -> Any:
@@ -360,13 +435,14 @@ def _warn_not_converged(converged: Tensor, err: Tensor, n_iter: int, tol: float)
 
 
 def sinkhorn(
-    x: Tensor,
-    y: Tensor,
+    x: Tensor | None = None,
+    y: Tensor | None = None,
     a: Tensor | None = None,
     b: Tensor | None = None,
     *,
+    cost_matrix: Tensor | None = None,
     eps: float = 0.1,
-    cost: CostSpec = "sqeuclidean",
+    cost: CostSpec | None = None,
     value: Value = "regularized",
     max_iter: int = 1000,
     tol: float = 1e-3,
@@ -382,14 +458,24 @@ def sinkhorn(
     r"""Entropic optimal transport between weighted point clouds, batched, in the log domain.
 
     Args:
-        x ((N,), (N, D) or (B, N, D) Tensor): Source points (floating).
+        x ((N,), (N, D) or (B, N, D) Tensor): Source points (floating); omitted with
+            ``cost_matrix``.
         y ((M,), (M, D) or (B, M, D) Tensor): Target points, same D. An unbatched input is
             broadcast against a batched one.
         a ((N,) or (B, N) Tensor, optional): Nonnegative source weights; uniform when ``None``.
             Zero marks padding. Normalized to sum 1 per problem (so only their ratios matter).
         b ((M,) or (B, M) Tensor, optional): Target weights, likewise.
+        cost_matrix ((N, M) or (B, N, M) Tensor, optional): A precomputed cost matrix
+            :math:`C_{ij}` instead of points (POT's ``M``): ``sinkhorn(a=a, b=b,
+            cost_matrix=C, eps=reg)``. Leave ``x``, ``y`` and ``cost`` out. An ``(N, M)``
+            matrix is shared by batched weights ``(B, N)``/``(B, M)``. Solved by the dense
+            backend (the ``"auto"`` rule picks it; others raise); the value is differentiable
+            with respect to ``C`` (the envelope gradient :math:`\partial
+            \mathrm{OT}_\varepsilon / \partial C = P`, the plan) and the weights. Entries must
+            be finite. Not with ``value="divergence"`` (which needs the self costs) nor
+            ``barycentric_map()`` (no points); ε-scaling starts at the range of ``C``.
         eps: Entropic regularization ε > 0, in cost units.
-        cost: ``"sqeuclidean"`` (:math:`\|x-y\|^2`, not halved), ``"euclidean"``, a
+        cost: ``"sqeuclidean"`` (the default, :math:`\|x-y\|^2`, not halved), ``"euclidean"``, a
             :class:`~sinkmatch.costs.PowerCost` (:math:`s\,\|x-y\|^p` for any ``p >= 1``,
             every backend; GeomLoss's :math:`\tfrac12\|x-y\|^2` is ``SqEuclidean(scale=0.5)``),
             or a callable ``(x (B, N, D), y (B, M, D)) -> (B, N, M)`` (dense backend only).
@@ -456,9 +542,10 @@ def sinkhorn(
     vanishes on the simplex. Points with zero weight get exactly zero gradient.
 
     Raises:
-        TypeError: Non-tensor or non-floating inputs, wrongly typed settings.
-        ValueError: Bad shapes, devices, NaN/inf points or weights, negative or all-zero
-            weights, ``eps <= 0``, unknown modes.
+        TypeError: Non-tensor or non-floating inputs, wrongly typed settings, neither points
+            nor ``cost_matrix``.
+        ValueError: Bad shapes, devices, NaN/inf points, costs or weights, negative or
+            all-zero weights, ``eps <= 0``, unknown modes, points and ``cost_matrix`` together.
 
     Example:
         >>> import torch
@@ -466,24 +553,18 @@ def sinkhorn(
         >>> res = sinkhorn(x, y, eps=1e-2, value="transport")
         >>> round(float(res.value), 4), bool(res.converged)
         (0.0, True)
+        >>> C = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # POT's ot.sinkhorn2(a, b, C, 1e-2)
+        >>> round(float(sinkhorn(cost_matrix=C, eps=1e-2, value="transport").value), 4)
+        0.0
     """
     opts = _check_options(
         eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, fixed_iterations
     )
-    cost_obj = get_cost(cost)
-    xb, yb, unbatched = _prepare_points(x, y)
-    check_same_device(x=xb, a=a, b=b)
-    if opts.check_values:
-        check_finite("x", xb)
-        check_finite("y", yb)
-    batch, n, m = xb.shape[0], xb.shape[1], yb.shape[1]
-    weights = dict(batch=batch, dtype=xb.dtype, device=xb.device, check_values=opts.check_values)
-    an = as_weights(a, "a", n_points=n, **weights)
-    bn = as_weights(b, "b", n_points=m, **weights)
+    problem, unbatched = _build_problem(x, y, a, b, cost_matrix, cost, opts)
+    xb, yb, cost_obj = problem.x, problem.y, problem.cost
     init = _resolve_init(init, cost_obj, xb, yb, opts)
     backend_obj = get_backend(backend, x=xb, y=yb, cost=cost_obj)
-
-    start = _eps_start(opts, cost_obj, xb, yb, warm=init is not None)
+    start = _eps_start(opts, problem, warm=init is not None)
     schedule = eps_schedule(opts.eps, start, opts.eps_scaling)
     levels = loop.build_levels(
         schedule,
@@ -492,7 +573,6 @@ def sinkhorn(
         max_iter=opts.max_iter,
         fixed=opts.fixed,
     )
-    problem = Problem(xb, yb, an, bn, cost_obj)
     geom = prepare(backend_obj, problem, **opts.loop_modes)
     out, f, g, err, n_iter = _solve(geom, init, levels, opts)
     if opts.value == "transport":

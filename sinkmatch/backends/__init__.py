@@ -21,7 +21,13 @@ from typing import Union
 
 from torch import Tensor
 
-from sinkmatch.backends.base import Backend, Geometry, Problem, SoftminBackend
+from sinkmatch.backends.base import (
+    Backend,
+    Geometry,
+    Problem,
+    SoftminBackend,
+    refuse_cost_matrix,
+)
 from sinkmatch.costs import Cost, is_power_cost
 
 __all__ = [
@@ -135,6 +141,7 @@ def prepare(
         return backend.prepare(
             problem, differentiable_loop=differentiable_loop, allow_sync=allow_sync
         )
+    refuse_cost_matrix(backend, problem)
     return Geometry(
         backend,
         problem,

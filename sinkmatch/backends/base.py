@@ -37,7 +37,14 @@ from sinkmatch.plan import plan_expected_cost, plan_matmul, tiled_logsumexp
 if TYPE_CHECKING:
     from sinkmatch.costs import Cost
 
-__all__ = ["Backend", "Geometry", "Problem", "SoftminBackend", "last_positive"]
+__all__ = [
+    "Backend",
+    "Geometry",
+    "Problem",
+    "SoftminBackend",
+    "last_positive",
+    "refuse_cost_matrix",
+]
 
 
 @runtime_checkable
@@ -103,6 +110,11 @@ class Problem:
         cost (Cost): The ground cost.
         symmetric (bool): ``x is y`` and ``a is b`` (the self terms of the divergence), solved
             with the averaged update.
+        cost_matrix ((B, N, M) Tensor or None): A precomputed cost matrix
+            (``sinkhorn(cost_matrix=...)``); ``x`` and ``y`` are then ``(B, N, 0)`` and
+            ``(B, M, 0)`` placeholders that carry the sizes, dtype and device, and ``cost`` is a
+            :class:`~sinkmatch.costs.PrecomputedCost`. Only the dense backend solves such a
+            problem (:class:`~sinkmatch.backends.dense.MatrixGeometry`).
         log_a ((B, N) Tensor): ``log a``, ``-inf`` on padding (derived).
         log_b ((B, M) Tensor): ``log b`` (derived).
     """
@@ -113,6 +125,7 @@ class Problem:
     b: Tensor
     cost: Cost
     symmetric: bool = False
+    cost_matrix: Tensor | None = field(default=None, repr=False)
     log_a: Tensor = field(init=False, repr=False)
     log_b: Tensor = field(init=False, repr=False)
 
@@ -122,8 +135,24 @@ class Problem:
 
     def detach(self) -> Problem:
         """The same problem with every tensor detached from the autograd graph."""
+        c = self.cost_matrix
         return replace(
-            self, x=self.x.detach(), y=self.y.detach(), a=self.a.detach(), b=self.b.detach()
+            self,
+            x=self.x.detach(),
+            y=self.y.detach(),
+            a=self.a.detach(),
+            b=self.b.detach(),
+            cost_matrix=None if c is None else c.detach(),
+        )
+
+
+def refuse_cost_matrix(backend: object, problem: Problem) -> None:
+    """Raise for a precomputed cost matrix: only the dense backend reads one."""
+    if problem.cost_matrix is not None:
+        name = getattr(backend, "name", type(backend).__name__)
+        raise ValueError(
+            f"backend {name!r} generates the cost from points and cannot use a precomputed "
+            "cost_matrix; use backend='dense' (or 'auto')"
         )
 
 
@@ -271,7 +300,12 @@ class Backend:
     def prepare(
         self, problem: Problem, *, differentiable_loop: bool = False, allow_sync: bool = True
     ) -> Geometry:
-        """The :class:`Geometry` of ``problem`` (see there for the keywords)."""
+        """The :class:`Geometry` of ``problem`` (see there for the keywords).
+
+        Raises:
+            ValueError: ``problem`` has a precomputed cost matrix (the dense backend's).
+        """
+        refuse_cost_matrix(self, problem)
         return Geometry(
             self,
             problem,

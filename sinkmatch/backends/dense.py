@@ -24,6 +24,7 @@ from sinkmatch.plan import EXP_FLOOR
 __all__ = [
     "DenseGeometry",
     "DenseSoftmin",
+    "MatrixGeometry",
     "StabilizedKernel",
     "batched_mv",
     "logsumexp",
@@ -89,10 +90,12 @@ class DenseSoftmin(Backend):
     def prepare(
         self, problem: Problem, *, differentiable_loop: bool = False, allow_sync: bool = True
     ) -> DenseGeometry:
-        """A :class:`DenseGeometry` (see :meth:`sinkmatch.backends.base.Backend.prepare`)."""
-        return DenseGeometry(
-            self, problem, differentiable_loop=differentiable_loop, allow_sync=allow_sync
-        )
+        """A :class:`DenseGeometry`, or a :class:`MatrixGeometry` for a precomputed cost matrix.
+
+        See :meth:`sinkmatch.backends.base.Backend.prepare`.
+        """
+        kind = DenseGeometry if problem.cost_matrix is None else MatrixGeometry
+        return kind(self, problem, differentiable_loop=differentiable_loop, allow_sync=allow_sync)
 
 
 class DenseGeometry(Geometry):
@@ -156,6 +159,55 @@ class DenseGeometry(Geometry):
 
     def release(self) -> None:
         self._matrix = self._kernel = None
+
+
+class MatrixGeometry(DenseGeometry):
+    r"""A problem given by its cost matrix :math:`C` (B, N, M) instead of points.
+
+    The half steps are :class:`DenseGeometry`'s on the given matrix (kernel fast path
+    included); the final step :math:`f = \operatorname{softmin}(C, \log b + g/\varepsilon)` is
+    differentiable with respect to :math:`C` (its gradient :math:`\partial \langle a, f\rangle /
+    \partial C_{ij} = a_i \pi_{ij}` is the plan: the envelope gradient of
+    :math:`\mathrm{OT}_\varepsilon`), ``g`` and the weights. There are no points, so no
+    barycentric map.
+    """
+
+    def _cost(self, *, transposed: bool) -> Tensor:
+        c = self.problem.cost_matrix
+        return c.transpose(1, 2) if transposed and not self.problem.symmetric else c
+
+    def final_f(self, g: Tensor, eps: float) -> Tensor:
+        self.release()
+        p = self.problem
+        return softmin_matrix(eps, p.cost_matrix, p.log_b + g / eps)
+
+    def _row_plan(self, g: Tensor, eps: float) -> Tensor:
+        p = self.problem
+        return torch.softmax((p.log_b + g / eps)[:, None, :] - p.cost_matrix / eps, dim=2)
+
+    def transport_cost(self, g: Tensor, eps: float, *, differentiable: bool = False) -> Tensor:
+        p = self.problem
+        if differentiable:
+            return (p.a * (self._row_plan(g, eps) * p.cost_matrix).sum(2)).sum(-1)
+        with torch.no_grad():
+            pi = self._row_plan(g.detach(), eps)
+            return (p.a * (pi * p.cost_matrix).sum(2)).sum(-1)
+
+    def barycentric_map(self, g: Tensor, eps: float) -> Tensor:
+        raise ValueError(
+            "barycentric_map() needs points; this problem was given by a cost_matrix (use "
+            "plan() and multiply it by your target points)"
+        )
+
+    def plan(self, f: Tensor, g: Tensor, eps: float) -> Tensor:
+        p = self.problem
+        with torch.no_grad():
+            logp = (
+                p.log_a[:, :, None]
+                + p.log_b[:, None, :]
+                + (f.detach()[:, :, None] + g.detach()[:, None, :] - p.cost_matrix) / eps
+            )
+            return logp.exp()
 
 
 # A stabilized kernel row is trusted when its sum is above this (relative to a row maximum of 1).
