@@ -255,15 +255,18 @@ def _run_level(
     geom: Geometry, f: Tensor, g: Tensor, level: Level, n_max: int, fixed: bool
 ) -> tuple[Tensor, Tensor, int]:
     """Iterate a two-sided problem at one ε; returns ``(f, g, iterations)``, trials included."""
-    eps, period, a = level.eps, level.check_every, geom.problem.a
+    eps, period = level.eps, level.check_every
     relax = Relaxation(f[:, 0])
-    search = StallSearch(geom, eps, f[:, 0]) if level.final and not fixed else None
+    # the line search climbs the balanced semi-dual: not for KL-relaxed marginals, whose damped
+    # half steps contract by tau < 1 anyway
+    searching = level.final and not fixed and not geom.problem.unbalanced
+    search = StallSearch(geom, eps, f[:, 0]) if searching else None
     n_iter, i = 0, -1
     while i + 1 < n_max:
         i += 1
         t = geom.f_update(g, eps)  # a check measures the iterate (f, g), columns exact
         if not fixed and i >= 1 and (i - 1) % period == 0:  # the first probe is no check
-            err = marginal_error(a, f, t, eps).detach()
+            err = geom.marginal_error(f, t, eps).detach()
             if bool((err < level.tol).all()):
                 break
             moved = torch.zeros_like(err, dtype=torch.bool)
@@ -287,12 +290,12 @@ def _run_symmetric_level(
     geom: Geometry, f: Tensor, level: Level, n_max: int, fixed: bool
 ) -> tuple[Tensor, int]:
     """Iterate a symmetric problem (``x = y``) at one ε with the averaged update."""
-    eps, a = level.eps, geom.problem.a
+    eps = level.eps
     n_iter = 0
     for i in range(n_max):
         t = geom.f_update(f, eps)
         if not fixed and i % level.check_every == 0:
-            if bool((2.0 * marginal_error(a, f, t, eps).detach() < level.tol).all()):
+            if bool((2.0 * geom.marginal_error(f, t, eps).detach() < level.tol).all()):
                 break
         n_iter += 1
         f = 0.5 * (f + t)

@@ -40,6 +40,7 @@ from sinkmatch._checks import (
 from sinkmatch.exact1d import wasserstein_1d
 from sinkmatch.grouping import PackedGroups, pack_groups, percentile_split
 from sinkmatch.solver import VALUES, sinkhorn
+from sinkmatch.unbalanced import check_rho
 
 __all__ = [
     "DistributionMatchingLoss",
@@ -226,6 +227,27 @@ def _pack_pair(xs, ys, a, b, x_groups, y_groups, num_groups) -> tuple[PackedGrou
     return px, py
 
 
+def _solvable(px: PackedGroups, py: PackedGroups, rho: Any):
+    """``(px, py, groups to solve)``: mass on both sides, or on either side for unbalanced OT.
+
+    A one-sided group is legal in unbalanced OT (its mass is destroyed or created); a side with
+    no point in any group then gets one zero-weight slot, so that the solver sees a point.
+    """
+    if check_rho(rho) is None:
+        return px, py, px.nonempty & py.nonempty
+    packs = []
+    for pk in (px, py):
+        if pk.points.shape[1] == 0:
+            g, d = pk.points.shape[0], pk.points.shape[2]
+            pk = pk._replace(
+                points=pk.points.new_zeros(g, 1, d),
+                weights=pk.weights.new_zeros(g, 1),
+                index=pk.index.new_full((g, 1), -1),
+            )
+        packs.append(pk)
+    return packs[0], packs[1], packs[0].nonempty | packs[1].nonempty
+
+
 def grouped_sinkhorn_loss(
     xs: Tensor | Sequence[Tensor],
     ys: Tensor | Sequence[Tensor],
@@ -268,7 +290,11 @@ def grouped_sinkhorn_loss(
 
     Empty groups: a group that is empty (or has zero total weight) on either side is not sent to
     the solver and contributes exactly 0 (never NaN); it counts in ``"mean"`` (the mean is over
-    all ``G`` groups) and appears as 0 with ``"none"``.
+    all ``G`` groups) and appears as 0 with ``"none"``. With unbalanced OT (``rho=`` among the
+    solver keywords; the weights are then masses, a group without weights has mass 1) a group
+    with mass on one side only is solved: its value is the cost of destroying (or creating)
+    that mass, :math:`\rho_a m_a` (or :math:`\rho_b m_b`); only groups empty on both sides
+    give 0.
 
     Args:
         xs: Source groups, as above.
@@ -319,7 +345,7 @@ def grouped_sinkhorn_loss(
     _check_value(value)
     px, py = _pack_pair(xs, ys, a, b, x_groups, y_groups, num_groups)
     n_groups = px.points.shape[0]
-    valid = px.nonempty & py.nonempty
+    px, py, valid = _solvable(px, py, solver_kwargs.get("rho"))
     dtype = compute_dtype(px.points, py.points)
     # zeros that stay on the graph (0 * finite points, summed: exactly 0, never inf or NaN), so
     # that backward() works even when no group is solved

@@ -33,8 +33,9 @@ differentiable step that ends a solve.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Union, get_args
 
 import torch
@@ -56,6 +57,7 @@ from sinkmatch._checks import (
 from sinkmatch.backends import Geometry, Problem, SoftminBackend, get_backend, prepare
 from sinkmatch.costs import Cost, PrecomputedCost, get_cost
 from sinkmatch.exact1d import exact_1d_potentials
+from sinkmatch.unbalanced import as_masses, check_rho, dual_value, empty_value
 
 __all__ = ["VALUES", "SinkhornResult", "sinkhorn"]
 
@@ -88,7 +90,8 @@ class SinkhornResult:
             :math:`\sum_i |a_i - (P\mathbb 1)_i| + \sum_j |b_j - (P^\top \mathbb 1)_j|` of the
             last iterate ``(f_k, g_k)`` of the loop, whose columns are exact (for ``"divergence"``:
             the largest over the three problems). The returned ``f`` is the final differentiable
-            update ``T(g_k)``, whose plan has exact rows.
+            update ``T(g_k)``, whose plan has exact rows. For unbalanced OT (``rho=``): the L1
+            violation of the optimality conditions relative to the mean mass (see ``rho``).
         eps (float): The entropic regularization.
         problem (Problem): The ``x``–``y`` problem as solved (points ``(B, N, D)`` in the
             compute dtype, normalized weights, the cost; or the ``cost_matrix`` with
@@ -155,6 +158,7 @@ class _Options:
     eps_scaling: float | None
     eps_start: float | None
     fixed: bool
+    rho: tuple[float, float] | None = None  # unbalanced OT: (rho_a, rho_b); None: balanced
 
     @property
     def check_values(self) -> bool:
@@ -168,7 +172,7 @@ class _Options:
 
 
 def _check_options(
-    eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, fixed
+    eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, fixed, rho=None
 ) -> _Options:
     # Python numbers only (no tensors): reading a tensor back would synchronise
     eps = check_real("eps", eps, gt=0, arrays=False)
@@ -185,8 +189,9 @@ def _check_options(
             "fixed_iterations=True needs an ε schedule known without reading the data: pass "
             "eps_start=<float> or eps_scaling=None"
         )
+    rho = check_rho(rho)
     return _Options(
-        eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, bool(fixed)
+        eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, bool(fixed), rho
     )
 
 
@@ -309,9 +314,15 @@ def _build_problem(
     check_same_device(x=xb, a=a, b=b)
     batch, n, m = xb.shape[0], xb.shape[1], yb.shape[1]
     weights = dict(batch=batch, dtype=xb.dtype, device=xb.device, check_values=opts.check_values)
-    an = as_weights(a, "a", n_points=n, **weights)
-    bn = as_weights(b, "b", n_points=m, **weights)
-    return Problem(xb, yb, an, bn, cost_obj, cost_matrix=cmat), unbatched
+    if opts.rho is None:
+        an = as_weights(a, "a", n_points=n, **weights)
+        bn = as_weights(b, "b", n_points=m, **weights)
+        return Problem(xb, yb, an, bn, cost_obj, cost_matrix=cmat), unbatched
+    # unbalanced OT: the weights are masses (not normalized; a zero total is legal)
+    an = as_masses(a, "a", n_points=n, **weights)
+    bn = as_masses(b, "b", n_points=m, **weights)
+    rho_a, rho_b = opts.rho
+    return Problem(xb, yb, an, bn, cost_obj, cost_matrix=cmat, rho_a=rho_a, rho_b=rho_b), unbatched
 
 
 def _resolve_init(init: Any, cost: Cost, x: Tensor, y: Tensor, opts: _Options) -> Any:
@@ -326,9 +337,9 @@ def _resolve_init(init: Any, cost: Cost, x: Tensor, y: Tensor, opts: _Options) -
     if isinstance(init, str):
         if init not in ("auto", "exact1d"):
             raise ValueError(f"{_INIT_CHOICES}, got {init!r}")
-        if init == "auto":
+        if init == "auto":  # the exact 1-D start is balanced: not for unbalanced OT
             named_1d = x.shape[-1] == 1 and cost.power is not None
-            return "exact1d" if named_1d and not opts.fixed else None
+            return "exact1d" if named_1d and not opts.fixed and opts.rho is None else None
         return init
     if not (isinstance(init, tuple) and len(init) == 2):
         raise TypeError(f"{_INIT_CHOICES}, got {type(init).__name__}")
@@ -394,13 +405,20 @@ def _solve(
         f, g = f.detach(), g.detach()
     if prob.symmetric:
         t = geom.final_f(f, eps)
-        value = (prob.a * (t + f)).sum(-1)
-        err = 2.0 * loop.marginal_error(prob.a, f.detach(), t.detach(), eps)
+        value = _semi_dual(prob, t, f, eps)
+        err = 2.0 * geom.marginal_error(f.detach(), t.detach(), eps)
         return value, t, t, err, n_iter
     t = geom.final_f(g, eps)
-    value = (prob.a * t).sum(-1) + (prob.b * g).sum(-1)
-    err = loop.marginal_error(prob.a, f.detach(), t.detach(), eps)  # the checked iterate (f, g)
+    value = _semi_dual(prob, t, g, eps)
+    err = geom.marginal_error(f.detach(), t.detach(), eps)  # the checked iterate (f, g)
     return value, t, g, err, n_iter
+
+
+def _semi_dual(prob: Problem, t: Tensor, g: Tensor, eps: float) -> Tensor:
+    """The value at the returned pair ``(t, g)``, ``t = f_update(g)``: balanced or unbalanced."""
+    if prob.unbalanced:
+        return dual_value(prob, t, g, eps)
+    return (prob.a * t).sum(-1) + (prob.b * g).sum(-1)
 
 
 def _transport_value(geom: Geometry, reg_value: Tensor, g: Tensor, opts: _Options) -> Tensor:
@@ -415,12 +433,118 @@ def _transport_value(geom: Geometry, reg_value: Tensor, g: Tensor, opts: _Option
 def _divergence(
     reg: Tensor, err: Tensor, backend: SoftminBackend, p: Problem, levels, opts: _Options
 ) -> tuple[Tensor, Tensor]:
-    """The debiased value and the largest error over the three problems."""
-    self_x = Problem(p.x, p.x, p.a, p.a, p.cost, symmetric=True)
-    self_y = Problem(p.y, p.y, p.b, p.b, p.cost, symmetric=True)
+    r"""The debiased value and the largest error over the three problems.
+
+    Unbalanced (Séjourné et al. 2019): :math:`S = \mathrm{UOT}(\alpha, \beta) -
+    \tfrac12 \mathrm{UOT}(\alpha, \alpha) - \tfrac12 \mathrm{UOT}(\beta, \beta) +
+    \tfrac\varepsilon2 (m_a - m_b)^2`, for one :math:`\rho` on both sides.
+    """
+    rho = dict(rho_a=p.rho_a, rho_b=p.rho_a)  # divergence: rho_a == rho_b (checked)
+    self_x = Problem(p.x, p.x, p.a, p.a, p.cost, symmetric=True, **rho)
+    self_y = Problem(p.y, p.y, p.b, p.b, p.cost, symmetric=True, **rho)
     reg_x, _, _, err_x, _ = _solve(prepare(backend, self_x, **opts.loop_modes), None, levels, opts)
     reg_y, _, _, err_y, _ = _solve(prepare(backend, self_y, **opts.loop_modes), None, levels, opts)
-    return reg - 0.5 * (reg_x + reg_y), torch.maximum(err, torch.maximum(err_x, err_y))
+    value = reg - 0.5 * (reg_x + reg_y)
+    if p.unbalanced:
+        value = value + 0.5 * opts.eps * (p.a.sum(-1) - p.b.sum(-1)) ** 2
+    return value, torch.maximum(err, torch.maximum(err_x, err_y))
+
+
+def _run(
+    problem: Problem, backend: SoftminBackend, init: Any, opts: _Options
+) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """Schedule, loop and requested value: ``(value, f, g, marginal error, n_iter)``."""
+    start = _eps_start(opts, problem, warm=init is not None)
+    schedule = eps_schedule(opts.eps, start, opts.eps_scaling)
+    levels = loop.build_levels(
+        schedule,
+        tol=opts.tol,
+        check_every=opts.check_every,
+        max_iter=opts.max_iter,
+        fixed=opts.fixed,
+    )
+    geom = prepare(backend, problem, **opts.loop_modes)
+    out, f, g, err, n_iter = _solve(geom, init, levels, opts)
+    if opts.value == "transport":
+        out = _transport_value(geom, out, g, opts)
+    elif opts.value == "divergence":
+        out, err = _divergence(out, err, backend, problem, levels, opts)
+    return out, f, g, err, n_iter
+
+
+def _select(problem: Problem, keep: Tensor) -> Problem:
+    """The problems ``keep`` (indices) of a batch."""
+    c = problem.cost_matrix
+    return replace(
+        problem,
+        x=problem.x[keep],
+        y=problem.y[keep],
+        a=problem.a[keep],
+        b=problem.b[keep],
+        cost_matrix=None if c is None else c[keep],
+    )
+
+
+def _run_unbalanced(
+    problem: Problem, backend: SoftminBackend, init: Any, opts: _Options
+) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """:func:`_run` for KL-relaxed marginals, where a side may have zero mass.
+
+    Problems with mass on both sides are solved; the others get the closed form of
+    :func:`sinkmatch.unbalanced.empty_value` (their potentials are ``+inf`` on a side facing
+    an empty one, ``-inf`` on an empty side facing mass; error 0).
+    """
+    if opts.value == "divergence" and problem.rho_a != problem.rho_b:
+        raise ValueError(
+            "value='divergence' of unbalanced OT needs one rho for both sides, got "
+            f"rho_a={problem.rho_a} and rho_b={problem.rho_b}"
+        )
+    ma, mb = problem.a.sum(-1), problem.b.sum(-1)
+    full = (ma > 0) & (mb > 0)
+    if bool(full.all()):
+        return _run(problem, backend, init, opts)
+    keep = full.nonzero().flatten()
+    value = empty_value(problem)  # the cross term; raises for a hard side facing nothing
+    if opts.value == "transport":
+        value = value * 0.0
+    # softmin over a side without mass is +inf; a damped softmin against +inf potentials -inf
+    f = torch.where((mb == 0)[:, None], math.inf, -math.inf).to(ma).expand_as(problem.a)
+    g = torch.where((ma == 0)[:, None], math.inf, -math.inf).to(ma).expand_as(problem.b)
+    err = torch.zeros_like(ma)
+    n_iter = 0
+    if opts.value == "divergence":  # the self terms of the sides with mass
+        value = value + _empty_divergence_terms(problem, ~full, backend, opts)
+    if keep.numel():
+        sub_init = init if not isinstance(init, tuple) else (init[0][keep], init[1][keep])
+        out, fs, gs, es, n_iter = _run(_select(problem, keep), backend, sub_init, opts)
+        value = value.index_put((keep,), out.to(value.dtype))
+        f, g = f.index_put((keep,), fs.to(f.dtype)), g.index_put((keep,), gs.to(g.dtype))
+        err = err.index_put((keep,), es.to(err.dtype))
+    return value, f, g, err, n_iter
+
+
+def _empty_divergence_terms(
+    problem: Problem, empty: Tensor, backend: SoftminBackend, opts: _Options
+) -> Tensor:
+    r"""For problems with an empty side: :math:`-\tfrac12 \mathrm{UOT}(\alpha, \alpha) -
+    \tfrac12 \mathrm{UOT}(\beta, \beta) + \tfrac\varepsilon2 (m_a - m_b)^2` (0 elsewhere)."""
+    ma, mb = problem.a.sum(-1), problem.b.sum(-1)
+    out = torch.where(empty, 0.5 * opts.eps * (ma - mb) ** 2, 0.0)
+    levels = loop.build_levels(
+        eps_schedule(opts.eps, _eps_start(opts, problem, warm=False), opts.eps_scaling),
+        tol=opts.tol,
+        check_every=opts.check_every,
+        max_iter=opts.max_iter,
+        fixed=opts.fixed,
+    )
+    rho = dict(rho_a=problem.rho_a, rho_b=problem.rho_a)
+    for pts, w, mass in ((problem.x, problem.a, ma), (problem.y, problem.b, mb)):
+        idx = (empty & (mass > 0)).nonzero().flatten()
+        if idx.numel():
+            sym = Problem(pts[idx], pts[idx], w[idx], w[idx], problem.cost, True, **rho)
+            reg, *_ = _solve(prepare(backend, sym, **opts.loop_modes), None, levels, opts)
+            out = out.index_put((idx,), out[idx] - 0.5 * reg.to(out.dtype))
+    return out
 
 
 def _warn_not_converged(converged: Tensor, err: Tensor, n_iter: int, tol: float) -> None:
@@ -454,6 +578,7 @@ def sinkhorn(
     backend: BackendSpec = "auto",
     fixed_iterations: bool = False,
     warn: bool = False,
+    rho: float | tuple[float | None, float | None] | None = None,
 ) -> SinkhornResult:
     r"""Entropic optimal transport between weighted point clouds, batched, in the log domain.
 
@@ -530,6 +655,22 @@ def sinkhorn(
             NaN results instead of errors), usable under ``torch.compile``. With ε-scaling it
             needs an explicit ``eps_start``; each level gets 3 iterations.
         warn: Emit a ``UserWarning`` when some problem did not converge.
+        rho: Unbalanced OT (:mod:`sinkmatch.unbalanced`): the strength :math:`\rho > 0` of the
+            KL relaxation of the marginals, in cost units, one number for both sides or a pair
+            ``(rho_a, rho_b)``; ``math.inf`` or ``None`` for a side is the hard constraint
+            (``(None, r)``: semi-relaxed). POT's ``reg_m``; GeomLoss's ``reach ** p`` (in its
+            cost's units); OTT's ``tau_a`` is :math:`\rho_a/(\rho_a + \varepsilon)`. Then the
+            weights are masses (not normalized, a zero total is legal: that side's problem costs
+            :math:`\rho m` of the other side), each half step is damped by
+            :math:`\tau = \rho/(\rho + \varepsilon)`, ``"regularized"`` is
+            :math:`\mathrm{UOT}_\varepsilon` (generalized KL terms), ``"transport"``
+            :math:`\langle P, C\rangle`, ``"divergence"`` Séjourné et al. (2019)'s (one
+            :math:`\rho` for both sides), and ``marginal_error`` is the L1 violation of the
+            optimality conditions :math:`P\mathbb 1 = a e^{-f/\rho_a}`,
+            :math:`P^\top\mathbb 1 = b e^{-g/\rho_b}` relative to the mean mass
+            :math:`(m_a + m_b)/2` (:meth:`~sinkmatch.unbalanced.UnbalancedGeometry.marginal_error`).
+            ``init="auto"`` is ``None`` (the exact 1-D start is balanced) and there is no stall
+            line search.
 
     Returns:
         SinkhornResult: ``value`` (B,) (or () for unbatched inputs), potentials, iterations,
@@ -558,27 +699,15 @@ def sinkhorn(
         0.0
     """
     opts = _check_options(
-        eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, fixed_iterations
+        eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, fixed_iterations, rho
     )
     problem, unbatched = _build_problem(x, y, a, b, cost_matrix, cost, opts)
-    xb, yb, cost_obj = problem.x, problem.y, problem.cost
-    init = _resolve_init(init, cost_obj, xb, yb, opts)
-    backend_obj = get_backend(backend, x=xb, y=yb, cost=cost_obj)
-    start = _eps_start(opts, problem, warm=init is not None)
-    schedule = eps_schedule(opts.eps, start, opts.eps_scaling)
-    levels = loop.build_levels(
-        schedule,
-        tol=opts.tol,
-        check_every=opts.check_every,
-        max_iter=opts.max_iter,
-        fixed=opts.fixed,
-    )
-    geom = prepare(backend_obj, problem, **opts.loop_modes)
-    out, f, g, err, n_iter = _solve(geom, init, levels, opts)
-    if opts.value == "transport":
-        out = _transport_value(geom, out, g, opts)
-    elif opts.value == "divergence":
-        out, err = _divergence(out, err, backend_obj, problem, levels, opts)
+    init = _resolve_init(init, problem.cost, problem.x, problem.y, opts)
+    backend_obj = get_backend(backend, x=problem.x, y=problem.y, cost=problem.cost)
+    if problem.unbalanced and opts.check_values:
+        out, f, g, err, n_iter = _run_unbalanced(problem, backend_obj, init, opts)
+    else:
+        out, f, g, err, n_iter = _run(problem, backend_obj, init, opts)
     converged = err < opts.tol
     if warn and not opts.fixed:
         _warn_not_converged(converged, err, n_iter, opts.tol)

@@ -161,6 +161,57 @@ def test_pot_wasserstein_1d(p):
     _close(wasserstein_1d(x, y, a, b, p=p), ref)
 
 
+def _unbalanced_problem(seed=0):
+    a, b, m = _matrix_problem(seed)
+    return 1.5 * a, 0.7 * b, m  # masses 1.5 and 0.7
+
+
+def test_pot_unbalanced_linear():
+    a, b, m = _unbalanced_problem(20)
+    ref = ot.unbalanced.sinkhorn_unbalanced2(
+        a.numpy(), b.numpy(), m.numpy(), 0.05, 0.5, **POT_TIGHT
+    )
+    res = sinkhorn(a=a, b=b, cost_matrix=m, eps=0.05, rho=0.5, value="transport", tol=1e-12)
+    _close(res.value, ref)
+
+
+def test_pot_unbalanced_per_side_and_semi_relaxed():
+    a, b, m = _unbalanced_problem(21)
+    for reg_m, rho in (((0.3, 2.0), (0.3, 2.0)), ((float("inf"), 0.4), (None, 0.4))):
+        ref = ot.unbalanced.sinkhorn_unbalanced2(
+            a.numpy(), b.numpy(), m.numpy(), 0.05, reg_m, **POT_TIGHT
+        )
+        res = sinkhorn(a=a, b=b, cost_matrix=m, eps=0.05, rho=rho, value="transport", tol=1e-12)
+        _close(res.value, ref)
+
+
+def test_pot_unbalanced_plan():
+    a, b, m = _unbalanced_problem(22)
+    ref = ot.unbalanced.sinkhorn_unbalanced(a.numpy(), b.numpy(), m.numpy(), 0.05, 0.5, **POT_TIGHT)
+    res = sinkhorn(a=a, b=b, cost_matrix=m, eps=0.05, rho=0.5, tol=1e-12)
+    _close(res.plan()[0], ref)
+
+
+def test_pot_unbalanced_total_cost():
+    a, b, m = _unbalanced_problem(23)
+    eps, rho_a, rho_b = 0.05, 0.5, 0.8
+    ref = ot.unbalanced.sinkhorn_unbalanced2(
+        a.numpy(), b.numpy(), m.numpy(), eps, (rho_a, rho_b), returnCost="total", **POT_TIGHT
+    )
+    res = sinkhorn(a=a, b=b, cost_matrix=m, eps=eps, rho=(rho_a, rho_b), tol=1e-12)
+    m_a, m_b, m_p = a.sum(), b.sum(), res.plan().sum()
+    total = res.value - eps * (m_a * m_b - m_p) - rho_a * (m_a - m_p) - rho_b * (m_b - m_p)
+    _close(total, ref)
+
+
+def test_pot_solve_unbalanced():
+    a, b, m = _unbalanced_problem(24)
+    ref = ot.solve(m.numpy(), a.numpy(), b.numpy(), reg=0.05, unbalanced=0.5, tol=1e-13,
+                   max_iter=100_000)  # fmt: skip
+    res = sinkhorn(a=a, b=b, cost_matrix=m, eps=0.05, rho=0.5, value="transport", tol=1e-12)
+    _close(res.value, ref.value_linear)
+
+
 # -------------------------------------------------------------------------------- GeomLoss
 
 
@@ -218,6 +269,38 @@ def test_geomloss_debiased_potentials():
     f_xy = sinkhorn(x, y, a, b, **kw).f[0]
     f_xx = sinkhorn(x, x, a, a, **kw).f[0]
     _close(_centred(f_xy - f_xx, a), _centred(f_ref.reshape(-1), a))
+
+
+def test_geomloss_unbalanced_divergence():
+    x, y, a, b = _clouds(seed=17)
+    a, b = 1.3 * a, 0.7 * b
+    ref = _samples_loss(0.3, iters=1000, p=2, reach=0.5)(a, x, b, y)
+    res = sinkhorn(
+        x, y, a, b, eps=0.3**2, cost=SqEuclidean(scale=0.5), rho=0.5**2, value="divergence",
+        tol=1e-12,
+    )  # fmt: skip
+    _close(res.value, ref)
+
+
+def test_geomloss_unbalanced_biased():
+    x, y, a, b = _clouds(seed=18)
+    a, b = 1.3 * a, 0.7 * b
+    eps = 0.3**2
+    ref = _samples_loss(0.3, iters=1000, p=2, reach=0.5, debias=False)(a, x, b, y)
+    res = sinkhorn(x, y, a, b, eps=eps, cost=SqEuclidean(scale=0.5), rho=0.5**2, tol=1e-12)
+    m_a, m_b = a.sum(), b.sum()
+    _close(res.value + eps * ((m_a + m_b) / 2 - m_a * m_b), ref)
+
+
+def test_geomloss_unbalanced_potentials():
+    x, y, a, b = _clouds(seed=19)
+    a, b = 1.3 * a, 0.7 * b
+    f_ref, g_ref = _samples_loss(0.3, iters=1000, p=2, reach=0.5, debias=False, potentials=True)(
+        a, x, b, y
+    )
+    res = sinkhorn(x, y, a, b, eps=0.3**2, cost=SqEuclidean(scale=0.5), rho=0.5**2, tol=1e-12)
+    _close(res.f[0], f_ref.reshape(-1))  # unique: no gauge with relaxed marginals
+    _close(res.g[0], g_ref.reshape(-1))
 
 
 # ---------------------------------------------------------------------------- the table

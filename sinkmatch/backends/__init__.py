@@ -126,7 +126,9 @@ def prepare(
 
     A :class:`~sinkmatch.backends.base.Backend` prepares it itself; any other
     :class:`SoftminBackend` gets the generic geometry built on its ``softmin`` (with valid
-    lengths when it declares ``supports_valid_lengths``).
+    lengths when it declares ``supports_valid_lengths``). An unbalanced problem (finite
+    ``rho_a``/``rho_b``) gets that geometry wrapped in
+    :class:`~sinkmatch.unbalanced.UnbalancedGeometry` (damped half steps).
 
     Args:
         backend: The backend.
@@ -138,14 +140,20 @@ def prepare(
         Geometry: Half steps and plan reductions of ``problem``.
     """
     if isinstance(backend, Backend):
-        return backend.prepare(
+        geom = backend.prepare(
             problem, differentiable_loop=differentiable_loop, allow_sync=allow_sync
         )
-    refuse_cost_matrix(backend, problem)
-    return Geometry(
-        backend,
-        problem,
-        differentiable_loop=differentiable_loop,
-        allow_sync=allow_sync,
-        valid_lengths=bool(getattr(backend, "supports_valid_lengths", False)),
-    )
+    else:
+        refuse_cost_matrix(backend, problem)
+        geom = Geometry(
+            backend,
+            problem,
+            differentiable_loop=differentiable_loop,
+            allow_sync=allow_sync,
+            valid_lengths=bool(getattr(backend, "supports_valid_lengths", False)),
+        )
+    if problem.unbalanced:  # KL-relaxed marginals: the same geometry, damped half steps
+        from sinkmatch.unbalanced import UnbalancedGeometry
+
+        return UnbalancedGeometry(geom)
+    return geom

@@ -115,6 +115,10 @@ class Problem:
             ``(B, M, 0)`` placeholders that carry the sizes, dtype and device, and ``cost`` is a
             :class:`~sinkmatch.costs.PrecomputedCost`. Only the dense backend solves such a
             problem (:class:`~sinkmatch.backends.dense.MatrixGeometry`).
+        rho_a (float): Strength of the KL relaxation of the source marginal (unbalanced OT,
+            :mod:`sinkmatch.unbalanced`); ``math.inf`` (the default) is the hard constraint.
+            With a finite ``rho_a`` or ``rho_b`` the weights are masses, not normalized.
+        rho_b (float): Likewise for the target marginal.
         log_a ((B, N) Tensor): ``log a``, ``-inf`` on padding (derived).
         log_b ((B, M) Tensor): ``log b`` (derived).
     """
@@ -126,12 +130,19 @@ class Problem:
     cost: Cost
     symmetric: bool = False
     cost_matrix: Tensor | None = field(default=None, repr=False)
+    rho_a: float = math.inf
+    rho_b: float = math.inf
     log_a: Tensor = field(init=False, repr=False)
     log_b: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_a", safe_log(self.a))
         object.__setattr__(self, "log_b", safe_log(self.b))
+
+    @property
+    def unbalanced(self) -> bool:
+        """A marginal is KL-relaxed (a finite ``rho_a`` or ``rho_b``)."""
+        return math.isfinite(self.rho_a) or math.isfinite(self.rho_b)
 
     def detach(self) -> Problem:
         """The same problem with every tensor detached from the autograd graph."""
@@ -206,6 +217,18 @@ class Geometry:
         r"""The loop's g half step: :math:`\operatorname{softmin}(y, x, \log a + f/\varepsilon)`."""
         p = self.problem
         return self.backend.softmin(eps, p.y, p.x, p.log_a + f / eps, p.cost, **self._cols)
+
+    def marginal_error(self, f: Tensor, t: Tensor, eps: float) -> Tensor:
+        r"""L1 marginal error of the iterate ``(f, g)``, given the probe ``t = f_update(g)``, (B,).
+
+        The rows of its plan are :math:`a_i e^{(f_i - t_i)/\varepsilon}`: the error is
+        :math:`\sum_i a_i |1 - e^{(f_i - t_i)/\varepsilon}|`, the whole L1 marginal error when
+        ``g`` is a plain update (columns exact). :mod:`sinkmatch.unbalanced` measures the
+        optimality conditions of KL-relaxed marginals instead.
+        """
+        a = self.problem.a
+        ratio = torch.exp((f - t) / eps)
+        return torch.where(a > 0, a * (1.0 - ratio).abs(), 0.0).sum(-1)
 
     # -- the end of a solve -----------------------------------------------------------------
     def complete_g(self, f: Tensor, g: Tensor, eps: float) -> Tensor:
