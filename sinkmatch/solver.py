@@ -190,6 +190,11 @@ def _check_options(
             "eps_start=<float> or eps_scaling=None"
         )
     rho = check_rho(rho)
+    if value == "divergence" and rho is not None and rho[0] != rho[1]:
+        raise ValueError(
+            "value='divergence' of unbalanced OT needs one rho for both sides, got "
+            f"rho_a={rho[0]} and rho_b={rho[1]}"
+        )
     return _Options(
         eps, value, grad, tol, max_iter, check_every, eps_scaling, eps_start, bool(fixed), rho
     )
@@ -494,11 +499,6 @@ def _run_unbalanced(
     :func:`sinkmatch.unbalanced.empty_value` (their potentials are ``+inf`` on a side facing
     an empty one, ``-inf`` on an empty side facing mass; error 0).
     """
-    if opts.value == "divergence" and problem.rho_a != problem.rho_b:
-        raise ValueError(
-            "value='divergence' of unbalanced OT needs one rho for both sides, got "
-            f"rho_a={problem.rho_a} and rho_b={problem.rho_b}"
-        )
     ma, mb = problem.a.sum(-1), problem.b.sum(-1)
     full = (ma > 0) & (mb > 0)
     if bool(full.all()):

@@ -260,3 +260,15 @@ def test_negative_masses_raise_and_infinite_rho_is_balanced():
     torch.testing.assert_close(inf.value, bal.value)
     big = sinkhorn(x, y, a1, b1, eps=EPS, tol=1e-12, rho=1e7)  # rho -> inf: balanced
     np.testing.assert_allclose(float(big.value), float(bal.value), rtol=1e-6)
+
+
+def test_fixed_iterations_run_the_same_damped_updates():
+    x, y, a, b = _problem(batch=(2,), seed=12)
+    ref = sinkhorn(x, y, a, b, eps=EPS, rho=0.5, tol=1e-10)
+    fixed = sinkhorn(
+        x, y, a, b, eps=EPS, rho=0.5, fixed_iterations=True, max_iter=400, eps_start=1.0
+    )
+    torch.testing.assert_close(fixed.value, ref.value, rtol=1e-8, atol=0)
+    with pytest.raises(ValueError, match="one rho for both sides"):
+        sinkhorn(x, y, a, b, rho=(0.5, 1.0), value="divergence", fixed_iterations=True,
+                 eps_start=1.0)  # fmt: skip
