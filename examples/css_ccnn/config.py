@@ -274,8 +274,8 @@ _CPU: dict[str, Any] = {
         "min_side": 112,
         "max_side": 512,
         "val_fraction": 0.2,
-        "synthetic_family": "medium",
-        "synthetic_num_train": 60,
+        "synthetic_family": "medium",  # the demo's dataset: 40 training, 20 test images
+        "synthetic_num_train": 40,
         "synthetic_num_test": 20,
     },
     "model": {"width": 0.25},

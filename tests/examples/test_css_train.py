@@ -446,3 +446,34 @@ def test_cosine_schedule_is_applied_and_resume_stays_exact(tiny_cfg, tiny_root, 
     assert last_lr == pytest.approx(tiny_cfg.stage1.lr * 0.25)  # (1 + cos(2π/3)) / 2
     with pytest.raises(ValueError, match="schedule"):
         make_config("tiny", overrides=['stage2.schedule="step"'])
+
+
+def test_families_command_writes_every_table(tmp_path, capsys):
+    from examples.css_ccnn.cli import main
+
+    args = ["families", "--preset", "tiny", "--out", str(tmp_path), "--families", "sparse"]
+    args += ["--seeds", "2", "--num-train", "4", "--num-test", "2", "--device", "cpu"]
+    assert main([*args, "--threads", "1", "--no-progress"]) == 0
+    text = (tmp_path / "families.md").read_text()
+    assert "## sparse" in text and "S_crop" in text and "λ" in text and "Bar:" in text
+    for method in ("CSS-CCNN", "CSS-CCNN++", "CCNN Random", "Without Stage 1", "CCNN Mean"):
+        assert f"| {method} |" in text
+    record = json.loads((tmp_path / "families.json").read_text())["sparse"]
+    assert record["summary"]["CSS-CCNN"]["runs"] == 2 and len(record["stage1_accuracy"]) == 2
+    assert set(record["claim"]) >= {"css_mae", "mean_mae", "prior_mae", "random_mae"}
+    meta = json.loads((tmp_path / "data" / "sparse" / "synthetic.json").read_text())
+    assert meta["parameters"]["family"] == "sparse"
+
+
+@pytest.mark.slow
+def test_stage1_learns_rotation_on_the_cpu_preset(tmp_path):
+    """The cpu preset's stage 1 gets well above chance (0.25) on a small medium-family set (the
+    full 60-image runs reach 0.85; here 20 images and 10 epochs, about a minute)."""
+    from examples.css_ccnn.stage1 import train_stage1
+
+    root = make_synthetic(tmp_path / "d", family="medium", num_train=20, num_test=1, seed=4)
+    cfg = make_config(
+        "cpu", overrides=[f"data.root={json.dumps(str(root))}", 'device="cpu"', "stage1.epochs=10"]
+    )
+    result = train_stage1(open_dataset(root, labels=False), cfg, tmp_path / "s1", progress=False)
+    assert result.best_accuracy > 0.6
