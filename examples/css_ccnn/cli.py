@@ -1,9 +1,11 @@
 """Command line: ``python -m examples.css_ccnn <command> [options]`` (run from the repository root).
 
-Commands: ``make-synthetic``, ``stage1``, ``stage2``, ``baselines``, ``evaluate``, ``demo``.
+Commands: ``train`` (everything on a dataset of yours), ``demo`` (everything on synthetic crowds),
+and the steps they run: ``make-synthetic``, ``stage1``, ``stage2``, ``baselines``, ``evaluate``.
 Every command takes the configuration options (``--preset``, ``--config``, ``--set``,
-``--device``, ``--seed``, ``--threads``, ``--data-root``, ``--out``); ``python -m examples.css_ccnn
-<command> --help`` explains each. Training commands resume from ``last.pt`` when it exists.
+``--cf-max``, ``--kind``, ``--device``, ``--seed``, ``--threads``, ``--data-root``, ``--out``);
+``python -m examples.css_ccnn <command> --help`` explains each. Training commands resume from
+``last.pt`` when it exists.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from pathlib import Path
 from . import pipeline
 from .baselines import train_supervised
 from .config import PRESETS, Config, DataConfig, make_config, save_config
+from .data.datasets import KINDS
+from .data.synthetic import FAMILY_NAMES
 from .demo import run_demo
+from .families import run_families
 from .stage1 import train_stage1
 from .stage2 import train_stage2
 from .training import set_threads
@@ -30,7 +35,17 @@ the resolved config.json every run writes), then each --set section.key=value (J
 --set stage2.lr=1e-4 --set model.width=0.5 --set prior.cf_max=3000). Sections: data, model,
 stage1, prior, stage2, baselines, eval. Presets: paper (the original code's hyper-parameters: SGD
 lr 1e-3 / 1e-5, momentum 0.9, weight decay 1e-4, batch 4 / 32, crops 224, 1000 / 600 epochs,
-patience 300, eps 0.1, scale 0.01), cpu (small and fast, used by the demo), tiny (seconds; tests).
+patience 300, eps 0.1, scale 0.01; S_crop 4), cpu (the paper's geometry at half resolution with
+a quarter-width network; the demo's), tiny (seconds; tests).
+
+The prior (paper Section 3.1) needs one number from you, Cf_max (--cf-max), the approximate
+largest number of people in an image. Derived without labels and printed before stage 2 (and
+saved in config.json, prior_report.json and the checkpoints): S_crop (prior.crops_per_image), the
+mean area of the training images as resized for training over the area of one crop's 3 x 3
+cells; and S (prior.num_images), the size of the image collection Cf_max is the maximum of, by
+default the number of images of the dataset, all splits (the paper: 482 for ShanghaiTech A).
+λ solves CDF(Cf_max / (9 S_crop)) = 1 - 1/S; when no λ > 0 does (few images), λ = 0 is used with
+a warning. Override any of them with --set prior.<key>=VALUE.
 """
 
 
@@ -77,6 +92,20 @@ def _common(
         "--data-root",
         default=None,
         help="dataset root (default: the config's data.root, 'data/synthetic')",
+    )
+    g.add_argument(
+        "--kind",
+        choices=list(KINDS),
+        default=None,
+        help="dataset layout (default: data.kind, 'shanghaitech'; 'folder': any images, no labels)",
+    )
+    g.add_argument(
+        "--cf-max",
+        type=float,
+        default=None,
+        metavar="N",
+        help="Cf_max, about the largest number of people in an image (sets prior.cf_max; "
+        "synthetic datasets know theirs)",
     )
     g.add_argument("--out", default=None, help=f"run directory (default: {default_out})")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -192,6 +221,7 @@ def _cmd_stage2(args: argparse.Namespace, cfg: Config, out: Path) -> int:
                 "--stage1-checkpoint)"
             )
         target = sdir / f"stage2_{args.variant}"
+    cfg = pipeline.prepare_prior(cfg, out)
     result = train_stage2(
         pipeline.open_train(cfg, labels=False),
         cfg,
@@ -279,6 +309,49 @@ def _cmd_evaluate(args: argparse.Namespace, cfg: Config, out: Path) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train
+
+
+def _add_train(sub) -> None:
+    p = _command(
+        sub,
+        "train",
+        _cmd_train,
+        default_out="runs/train",
+        help="everything on your dataset: stage 1, CSS-CCNN, CSS-CCNN++; labeled baselines and "
+        "evaluation where labels exist",
+        description="Trains CSS-CCNN on the images under --data-root (layout --kind, default "
+        "ShanghaiTech; --kind folder for a plain folder of images) from Cf_max alone: stage 1, "
+        "then CSS-CCNN and CSS-CCNN++ on its frozen FEN. Where the training images have labels "
+        "it also trains the labeled baselines, and where the test images have labels it "
+        "evaluates every model (results.md). Interrupted runs resume where they stopped; a "
+        "finished step is not retrained. Seeds --seed .. --seed + N - 1.",
+    )
+    p.add_argument("--seeds", type=int, default=1, help="independent runs (default 1)")
+    p.add_argument(
+        "--ablation", action="store_true", help="also run the 'Without Stage 1' ablation"
+    )
+    p.add_argument("--skip-supervised", action="store_true", help="skip the labeled baselines")
+
+
+def _cmd_train(args: argparse.Namespace, cfg: Config, out: Path) -> int:
+    if args.seeds < 1:
+        return _error(f"--seeds must be >= 1, got {args.seeds}")
+    seeds = list(range(cfg.seed, cfg.seed + args.seeds))
+    t0 = time.perf_counter()
+    run = pipeline.run_experiment(
+        cfg,
+        out,
+        seeds,
+        supervised=not args.skip_supervised,
+        ablation=args.ablation,
+        progress=not args.no_progress,
+    )
+    save_config(run["config"], out / "config.json")
+    print(f"train finished in {time.perf_counter() - t0:.0f} s; run directory {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -322,15 +395,57 @@ def _cmd_demo(args: argparse.Namespace, cfg: Config, out: Path) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- families
+
+
+def _add_families(sub) -> None:
+    p = _command(
+        sub,
+        "families",
+        _cmd_families,
+        default_out="runs/families",
+        help="the whole experiment on every synthetic family (the results tables)",
+        description="For each family: generate its dataset under <out>/data/<family>, train and "
+        "evaluate everything (with the 'Without Stage 1' ablation) for seeds --seed .. --seed + "
+        "N - 1 with one configuration, and write <out>/families.md and families.json.",
+    )
+    p.add_argument(
+        "--families",
+        nargs="+",
+        choices=list(FAMILY_NAMES),
+        default=["sparse", "medium", "dense", "blind"],
+        help="families to run (default: sparse medium dense blind)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="independent runs (default 3)")
+    p.add_argument("--num-train", type=int, default=60, help="training images (default 60)")
+    p.add_argument("--num-test", type=int, default=30, help="test images (default 30)")
+
+
+def _cmd_families(args: argparse.Namespace, cfg: Config, out: Path) -> int:
+    run_families(
+        cfg,
+        out if args.out else Path("runs") / "families",
+        families=args.families,
+        seeds=list(range(cfg.seed, cfg.seed + args.seeds)),
+        num_train=args.num_train,
+        num_test=args.num_test,
+        progress=not args.no_progress,
+    )
+    print(f"written: {out / 'families.md'}, {out / 'families.json'}")
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 
 _COMMANDS = (
+    _add_train,
+    _add_demo,
     _add_make_synthetic,
     _add_stage1,
     _add_stage2,
     _add_baselines,
     _add_evaluate,
-    _add_demo,
+    _add_families,
 )
 
 
@@ -361,6 +476,10 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
         overrides.append(f"threads={args.threads}")
     if args.data_root is not None:
         overrides.append(f"data.root={json.dumps(args.data_root)}")
+    if args.kind is not None:
+        overrides.append(f"data.kind={json.dumps(args.kind)}")
+    if args.cf_max is not None:
+        overrides.append(f"prior.cf_max={args.cf_max!r}")
     cfg = make_config(args.preset, file=args.config, overrides=overrides)
     out = Path(args.out) if args.out else Path("runs") / args.preset
     return cfg, out
@@ -372,8 +491,15 @@ def _error(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv``, resolve the configuration and run the command; returns the exit code."""
+    """Parse ``argv``, resolve the configuration and run the command; returns the exit code.
+
+    A user error (a bad setting, a missing file, a dataset in the way) prints one line naming the
+    problem and returns 2.
+    """
     args = build_parser().parse_args(argv)
-    cfg, out = resolve(args)
-    set_threads(cfg.threads)
-    return args.func(args, cfg, out)
+    try:
+        cfg, out = resolve(args)
+        set_threads(cfg.threads)
+        return args.func(args, cfg, out)
+    except (ValueError, TypeError, FileExistsError) as err:  # DatasetError is a ValueError
+        return _error(str(err))

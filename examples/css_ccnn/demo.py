@@ -24,7 +24,7 @@ from .config import Config, cell_size, save_config
 from .data.transforms import cell_counts, density_map, resize_for_test
 from .evaluate import ModelPredictor
 from .plots import plot_count_histograms, plot_curves, plot_predictions
-from .prior import build_prior
+from .prior import build_prior, resolve_prior
 from .training import resolve_device
 
 __all__ = ["check_claim", "run_demo"]
@@ -73,7 +73,11 @@ def _prediction_figure(cfg: Config, out: Path, seed: int, fig_dir: Path) -> tupl
     cell = cell_size(cfg)
     for i, sample in enumerate(pipeline.open_test(cfg)):
         image, points = resize_for_test(
-            sample.image, sample.points, min_side=cfg.data.min_side, max_side=cfg.data.max_side
+            sample.image,
+            sample.points,
+            min_side=cfg.data.min_side,
+            max_side=cfg.data.max_side,
+            scale=cfg.data.scale,
         )
         gt = density_map(points, image.shape[:2], sigma=1.0)
         maps = {name: m(image) for name, m in models.items()}
@@ -105,8 +109,7 @@ def _figures(cfg: Config, out: Path, seed: int) -> dict:
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     predictions, cells = _prediction_figure(cfg, out, seed, fig_dir)
-    n_train = len(pipeline.open_train(cfg, labels=False))
-    prior = build_prior(pipeline.for_seed(cfg, seed), num_images=n_train)
+    prior = build_prior(resolve_prior(cfg, pipeline.open_train(cfg, labels=False)))
     draws = prior.sample(20_000, generator=torch.Generator().manual_seed(0)).double().numpy()
     samples = {"prior": draws, **{name: np.concatenate(v) for name, v in cells.items() if v}}
     return {
@@ -137,31 +140,40 @@ def run_demo(
     progress: bool = True,
     data_root_given: bool = False,
 ) -> dict:
-    """Run the whole pipeline for seeds ``0..seeds-1``; returns the demo summary."""
+    """Run the whole pipeline for seeds ``0..seeds-1``; returns the demo summary.
+
+    Args:
+        cfg: the configuration (``cpu`` preset on the command line).
+        out: the run folder; the synthetic dataset goes to ``out/data`` unless
+            ``data_root_given``.
+        seeds: independent runs (seeds ``0..seeds-1``).
+        supervised: also train the labeled baselines.
+        ablation: also train "Without Stage 1".
+        progress: show progress bars.
+        data_root_given: use ``cfg.data.root`` as it is (any labeled dataset).
+    """
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not data_root_given:
         cfg.data.root = str(out / "data")
-    if not (Path(cfg.data.root) / "synthetic.json").is_file():
-        print(f"[demo] generating the synthetic dataset in {cfg.data.root}", flush=True)
+        print(f"[demo] synthetic dataset ({cfg.data.synthetic_family}) in {cfg.data.root}")
         pipeline.make_synthetic_dataset(cfg)
-    save_config(cfg, out / "config.json")
-    timings: dict = {}
-    for seed in range(seeds):
-        timings.update(
-            pipeline.train_seed(
-                pipeline.for_seed(cfg, seed),
-                out,
-                supervised=supervised,
-                ablation=ablation,
-                progress=progress,
-            )
+    if not pipeline.has_labels(cfg, "test"):
+        raise ValueError(
+            f"the demo evaluates on labeled test images and {cfg.data.root} has none; train on "
+            "unlabeled data with: python -m examples.css_ccnn train --data-root DIR --cf-max N"
         )
-    t = time.perf_counter()
-    table, _ = pipeline.evaluate_run(cfg, out, list(range(seeds)), progress=progress)
-    timings["evaluate"] = time.perf_counter() - t
-    print(table.markdown(), flush=True)
+    run = pipeline.run_experiment(
+        cfg,
+        out,
+        list(range(seeds)),
+        supervised=supervised,
+        ablation=ablation,
+        progress=progress,
+    )
+    cfg, table, timings = run["config"], run["table"], run["timings"]
+    save_config(cfg, out / "config.json")
     t = time.perf_counter()
     figures = _figures(cfg, out, 0)
     timings["figures"] = time.perf_counter() - t

@@ -32,7 +32,7 @@ import torch
 from .baselines import mean_training_count, random_baseline_model, train_supervised
 from .checkpoint import atomic_write_text, load_checkpoint
 from .config import Config, cell_size
-from .data.datasets import CrowdDataset, open_dataset
+from .data.datasets import CrowdDataset, DatasetError, open_dataset
 from .data.synthetic import make_synthetic
 from .evaluate import (
     MeanPredictor,
@@ -42,7 +42,7 @@ from .evaluate import (
     evaluate,
 )
 from .model import CSSCCNN
-from .prior import build_prior
+from .prior import build_prior, prior_report, resolve_prior, training_shapes
 from .stage1 import train_stage1
 from .stage2 import train_stage2
 from .training import resolve_device
@@ -52,11 +52,14 @@ __all__ = [
     "METHOD_ORDER",
     "evaluate_run",
     "for_seed",
+    "has_labels",
     "load_model",
     "make_synthetic_dataset",
     "open_test",
     "open_train",
     "predictors_for_seed",
+    "prepare_prior",
+    "run_experiment",
     "seed_dir",
     "train_seed",
 ]
@@ -117,6 +120,18 @@ def open_test(cfg: Config) -> CrowdDataset:
     )
 
 
+def has_labels(cfg: Config, split: str) -> bool:
+    """Whether the ``split`` images of ``data.root`` exist with annotations (nothing is read
+    but the file listing)."""
+    try:
+        open_dataset(
+            cfg.data.root, kind=cfg.data.kind, split=split, labels=True, fold=cfg.data.fold
+        )
+    except (DatasetError, ValueError):
+        return False
+    return True
+
+
 def make_synthetic_dataset(
     cfg: Config,
     *,
@@ -129,12 +144,19 @@ def make_synthetic_dataset(
     ``data.root``; the keyword arguments override those settings."""
     d = cfg.data
     size = image_size or d.synthetic_image_size
+    counts = (d.synthetic_count_min, d.synthetic_count_max)
+    if (counts[0] is None) != (counts[1] is None):
+        raise ValueError(
+            "data.synthetic_count_min and data.synthetic_count_max must be given together, got "
+            f"{counts}"
+        )
     return make_synthetic(
         d.root,
+        family=d.synthetic_family,
         num_train=num_train or d.synthetic_num_train,
         num_test=num_test or d.synthetic_num_test,
-        image_size=(size, size),
-        count_range=(d.synthetic_count_min, d.synthetic_count_max),
+        image_size=None if size is None else (size, size),
+        count_range=None if counts[0] is None else counts,
         seed=d.synthetic_seed,
         overwrite=overwrite,
     )
@@ -149,6 +171,20 @@ def load_model(cfg: Config, path: str | Path) -> CSSCCNN:
 
 def _log(message: str) -> None:
     print(message, flush=True)
+
+
+def prepare_prior(cfg: Config, out: str | Path | None = None) -> Config:
+    """Resolve the prior's settings from the unlabeled training images, print the consistency
+    report (:func:`~examples.css_ccnn.prior.prior_report`) and save it as
+    ``out/prior_report.json``; returns the resolved configuration."""
+    train = open_train(cfg, labels=False)
+    cfg = resolve_prior(cfg, train)
+    report = prior_report(build_prior(cfg), cfg, training_shapes(train, cfg))
+    _log(report.text())
+    if out is not None:
+        text = json.dumps({"derived": cfg.derived, "report": report.__dict__}, indent=1)
+        atomic_write_text(Path(out) / "prior_report.json", text + "\n")
+    return cfg
 
 
 def train_seed(
@@ -167,6 +203,7 @@ def train_seed(
     Returns:
         dict: seconds spent per step, ``{"seed<k>/<step>": seconds}``.
     """
+    cfg = resolve_prior(cfg, open_train(cfg, labels=False))  # the same prior for every step
     sdir, seed, timings = seed_dir(out, cfg.seed), cfg.seed, {}
     train = open_train(cfg, labels=False)
     t = time.perf_counter()
@@ -209,7 +246,7 @@ def predictors_for_seed(
     cfg: Config, out: str | Path, seed: int, *, train_labeled: CrowdDataset | None
 ) -> dict[str, Any]:
     """Every predictor available for ``seed`` under ``out`` (missing checkpoints are skipped)."""
-    cfg = for_seed(cfg, seed)
+    cfg = resolve_prior(for_seed(cfg, seed), open_train(cfg, labels=False))
     device = resolve_device(cfg.device)
     sdir = seed_dir(out, seed)
     found: dict[str, Any] = {}
@@ -220,10 +257,8 @@ def predictors_for_seed(
     stage1 = sdir / "stage1" / "best.pt"
     if stage1.is_file():
         found["CCNN Random"] = ModelPredictor(random_baseline_model(cfg, stage1, seed=seed), device)
-    n_train = len(open_train(cfg, labels=False))
-    prior = build_prior(cfg, num_images=n_train)
     found["CCNN P_prior"] = PriorPredictor(
-        prior, cell=cell_size(cfg), seed=seed, draws=cfg.baselines.prior_draws
+        build_prior(cfg), cell=cell_size(cfg), seed=seed, draws=cfg.baselines.prior_draws
     )
     if train_labeled is not None:
         found["CCNN Mean"] = MeanPredictor(mean_training_count(train_labeled))
@@ -257,6 +292,7 @@ def evaluate_run(
                 test,
                 min_side=cfg.data.min_side,
                 max_side=cfg.data.max_side,
+                scale=cfg.data.scale,
                 game_levels=cfg.eval.game_levels,
                 progress=progress,
                 desc=f"eval {method} seed {seed}",
@@ -272,3 +308,55 @@ def evaluate_run(
     table.save(out)
     atomic_write_text(Path(out) / "predictions.json", json.dumps(per_image, indent=1) + "\n")
     return table, per_image
+
+
+def run_experiment(
+    cfg: Config,
+    out: str | Path,
+    seeds: list[int],
+    *,
+    supervised: bool = True,
+    ablation: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Everything on a dataset, resumable: the ``train`` command and the heart of the demo.
+
+    The prior is resolved from the unlabeled training images and checked
+    (:func:`prepare_prior`); every seed trains stage 1, CSS-CCNN and CSS-CCNN++ (and, with
+    ``ablation``, "Without Stage 1"); the labeled baselines train only where the training images
+    have labels (and ``supervised``); evaluation runs only where the test images have labels.
+
+    Returns:
+        dict: ``labels`` (which splits have them), ``timings``, and ``table`` (the
+        :class:`~examples.css_ccnn.evaluate.ResultsTable`, ``None`` without test labels).
+    """
+    out = Path(out)
+    labels = {"train": has_labels(cfg, "train"), "test": has_labels(cfg, "test")}
+    _log(
+        f"[train] {cfg.data.root}: labels for training images: "
+        f"{'yes' if labels['train'] else 'no'}, for test images: "
+        f"{'yes' if labels['test'] else 'no'}"
+    )
+    cfg = prepare_prior(cfg, out)
+    timings: dict = {}
+    for seed in seeds:
+        timings.update(
+            train_seed(
+                for_seed(cfg, seed),
+                out,
+                supervised=supervised and labels["train"],
+                ablation=ablation,
+                progress=progress,
+            )
+        )
+    table = None
+    if labels["test"]:
+        t = time.perf_counter()
+        table, _ = evaluate_run(
+            cfg, out, seeds, with_labeled_baselines=labels["train"], progress=progress
+        )
+        timings["evaluate"] = time.perf_counter() - t
+        _log(table.markdown())
+    else:
+        _log(f"[train] no labeled test images: evaluation skipped; the models are under {out}")
+    return {"labels": labels, "timings": timings, "table": table, "config": cfg}

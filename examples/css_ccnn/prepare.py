@@ -60,8 +60,10 @@ class PreparedImage:
         return (self.flipped, self.flipped_points) if flip else (self.image, self.points)
 
 
-def _resize(image: np.ndarray, points: np.ndarray | None, min_side: int, max_side: int):
-    return resize_for_test(image, points, min_side=min_side, max_side=max_side, multiple=8)
+def _resize(image, points, min_side: int, max_side: int, scale: float):
+    return resize_for_test(
+        image, points, min_side=min_side, max_side=max_side, multiple=8, scale=scale
+    )
 
 
 def _hflip(image: np.ndarray, points: np.ndarray | None):
@@ -74,7 +76,7 @@ class ImageBank:
     Args:
         dataset (CrowdDataset): the images (labeled or not; points are kept when present).
         indices: which dataset items this bank serves; ``bank[j]`` is ``dataset[indices[j]]``.
-        min_side, max_side: resize bounds (``resize_for_test``), multiple of 8.
+        min_side, max_side, scale: the resize (``resize_for_test``), sides multiples of 8.
         cache (bool): keep prepared images in memory.
     """
 
@@ -85,11 +87,13 @@ class ImageBank:
         *,
         min_side: int,
         max_side: int,
+        scale: float = 1.0,
         cache: bool = True,
     ) -> None:
         self.dataset = dataset
         self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices)
         self.min_side, self.max_side, self.cache = int(min_side), int(max_side), bool(cache)
+        self.scale = float(scale)
         self._store: dict[int, PreparedImage] = {}
 
     @property
@@ -103,7 +107,9 @@ class ImageBank:
         if j in self._store:
             return self._store[j]
         sample = self.dataset[int(self.indices[j])]
-        image, points = _resize(sample.image, sample.points, self.min_side, self.max_side)
+        image, points = _resize(
+            sample.image, sample.points, self.min_side, self.max_side, self.scale
+        )
         flipped, flipped_points = _hflip(image, points)
         prepared = PreparedImage(np.ascontiguousarray(image), points, flipped, flipped_points)
         if self.cache:

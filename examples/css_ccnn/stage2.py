@@ -27,12 +27,12 @@ import sinkmatch
 
 from .checkpoint import EarlyStopping
 from .config import Config, cell_size
-from .data.datasets import CrowdDataset
+from .data.datasets import CrowdDataset, require_unlabeled
 from .data.pseudo_density import canny_pseudo_density
 from .data.transforms import cell_counts
 from .model import CSSCCNN
 from .prepare import FeatureSource, fixed_offsets, random_offset
-from .prior import build_prior, resolve_cf_max
+from .prior import build_prior, resolve_cf_max, resolve_prior
 from .training import FitResult, Run, setup_run
 
 __all__ = [
@@ -117,7 +117,9 @@ class _Matcher:
         self.val_items = [
             (j, False, top, left)
             for j in range(len(run.val))
-            for top, left in fixed_offsets(*run.val[j].image.shape[:2], self.size, 4)
+            for top, left in fixed_offsets(
+                *run.val[j].image.shape[:2], self.size, cfg.stage2.val_crops_per_image
+            )
         ]
 
     def loss(self, src: FeatureSource, items: list, fn) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +180,10 @@ def train_stage2(
 
     Args:
         dataset: training images opened with ``labels=False`` (anything else raises).
-        cfg: resolved configuration (``cfg.stage2``, ``cfg.prior``, ``cfg.model``, ``cfg.data``).
+        cfg: configuration (``cfg.stage2``, ``cfg.prior``, ``cfg.model``, ``cfg.data``); the
+            prior's S_crop and S are derived from the data where not given
+            (:func:`~examples.css_ccnn.prior.resolve_prior`) and saved in ``config.json`` and the
+            checkpoints.
         out_dir: output directory (``best.pt``, ``last.pt``, ``history.json``, ``config.json``).
         fen_checkpoint: stage-1 checkpoint whose FEN is loaded and frozen; ``None`` keeps a
             randomly initialised (seeded) FEN, frozen: the "Without Stage 1" ablation.
@@ -188,6 +193,7 @@ def train_stage2(
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    cfg = resolve_prior(cfg, require_unlabeled(dataset, "train_stage2"))
     run = setup_run(
         dataset,
         cfg,
@@ -201,7 +207,7 @@ def train_stage2(
         freeze_fen=True,
         meta={"stage": 2, "variant": variant},
     )
-    prior = build_prior(cfg, num_images=len(dataset))
+    prior = build_prior(cfg)
     matcher = _Matcher(run, prior, variant)
     result = run.fit(
         epochs=cfg.stage2.epochs,

@@ -16,6 +16,7 @@ directory resumes from ``last.pt``; a finished run is not retrained.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -45,6 +46,7 @@ __all__ = [
     "FitResult",
     "Run",
     "fit",
+    "learning_rate",
     "make_optimizer",
     "resolve_device",
     "set_threads",
@@ -81,6 +83,22 @@ def make_optimizer(params, section: Any) -> torch.optim.Optimizer:
     if section.optimizer == "adam":
         return torch.optim.Adam(params, lr=section.lr, weight_decay=section.weight_decay)
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {section.optimizer!r}")
+
+
+def learning_rate(section: Any, epoch: int, epochs: int) -> float:
+    """The learning rate of ``epoch`` (0-based) out of ``epochs`` under ``section.schedule``.
+
+    Example:
+        >>> from examples.css_ccnn.config import Stage1Config
+        >>> s = Stage1Config(lr=1.0, schedule="cosine")
+        >>> [round(learning_rate(s, e, 4), 3) for e in range(4)]
+        [1.0, 0.854, 0.5, 0.146]
+    """
+    if section.schedule == "constant":
+        return float(section.lr)
+    if section.schedule == "cosine":
+        return float(section.lr) * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
+    raise ValueError(f"schedule must be 'constant' or 'cosine', got {section.schedule!r}")
 
 
 @dataclass
@@ -152,6 +170,7 @@ def fit(
     stop_after: int | None = None,
     progress: bool = True,
     meta: dict | None = None,
+    lr_at: Callable[[int], float] | None = None,
 ) -> FitResult:
     """Run (or resume) a training loop with atomic per-epoch checkpoints.
 
@@ -166,6 +185,8 @@ def fit(
         stop_after: stop after this many epochs *of this call* without marking the run finished
             (simulates an interruption; used by the resume test).
         meta: stored in the checkpoints (e.g. the variant, for checks on resume).
+        lr_at: ``lr_at(epoch)``, the learning rate set on every parameter group before the
+            epoch (``None``: the optimizer's own).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +215,9 @@ def fit(
         if stop_after is not None and ran >= stop_after:
             break
         t0 = time.perf_counter()
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch)
         model.train()
         stats = dict(train_epoch(epoch))
         model.eval()
@@ -249,6 +273,7 @@ class Run:
         train, val: the training images split off for training and for label-free validation,
             resized for this stage's crops.
         meta: stored in every checkpoint (``meta["config"]`` guards resumption).
+        section: the trainer's config section (optimizer settings, schedule).
     """
 
     cfg: Config
@@ -261,6 +286,7 @@ class Run:
     train: ImageBank
     val: ImageBank
     meta: dict
+    section: Any = None
 
     def fit(
         self,
@@ -273,7 +299,8 @@ class Run:
         stop_after: int | None = None,
         progress: bool = True,
     ) -> FitResult:
-        """:func:`fit` with this run's model, optimizer, generators, folder and metadata."""
+        """:func:`fit` with this run's model, optimizer, generators, folder, metadata and the
+        learning-rate schedule of its config section."""
         return fit(
             out_dir=self.out_dir,
             model=self.model,
@@ -288,6 +315,7 @@ class Run:
             stop_after=stop_after,
             progress=progress,
             meta=self.meta,
+            lr_at=lambda epoch: learning_rate(self.section, epoch, epochs),
         )
 
 
@@ -350,6 +378,7 @@ def setup_run(
     sizes = dict(
         min_side=max(cfg.data.min_side, section.crop_size),
         max_side=cfg.data.max_side,
+        scale=cfg.data.scale,
         cache=cfg.data.cache_images,
     )
     return Run(
@@ -362,6 +391,7 @@ def setup_run(
         np_rng=np_rng,
         train=ImageBank(dataset, train_idx, **sizes),
         val=ImageBank(dataset, val_idx, **sizes),
+        section=section,
         meta={
             **(meta or {}),
             "width": cfg.model.width,

@@ -49,6 +49,8 @@ __all__ = [
     "CrowdDataset",
     "DatasetError",
     "Sample",
+    "count_images",
+    "image_shape",
     "open_dataset",
     "read_image",
     "require_labeled",
@@ -56,6 +58,15 @@ __all__ = [
 ]
 
 KINDS = ("shanghaitech", "qnrf", "jhu", "ucf_cc_50", "nwpu", "folder")
+# the splits that together hold every image of a dataset of each kind
+_ALL_SPLITS = {
+    "shanghaitech": ("train", "test"),
+    "qnrf": ("train", "test"),
+    "jhu": ("train", "val", "test"),
+    "ucf_cc_50": ("all",),
+    "nwpu": ("all",),
+    "folder": ("all",),
+}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 PathLike = Union[str, Path]
@@ -156,6 +167,10 @@ class CrowdDataset(Sequence[Sample]):
             raise ValueError(f"{self.name} was opened with labels=False; it has no points")
         return self._point_reader(self.annotation_paths[index])
 
+    def image_shapes(self) -> list[tuple[int, int]]:
+        """``(height, width)`` of every image, from the file headers (no pixel is decoded)."""
+        return [image_shape(path) for path in self.paths]
+
     def counts(self) -> np.ndarray:
         """(N,) int64 head count of every image (reads the annotations only)."""
         return np.array([self.read_points(i).shape[0] for i in range(len(self))], dtype=np.int64)
@@ -207,6 +222,22 @@ def read_image(path: PathLike) -> np.ndarray:
     if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         raise DatasetError(f"image file {path} decoded to shape {image.shape}")
     return image
+
+
+def image_shape(path: PathLike) -> tuple[int, int]:
+    """``(height, width)`` of an image file, read from its header.
+
+    Raises:
+        DatasetError: the file is missing or not an image Pillow can identify.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except Exception as exc:  # Pillow raises OSError, UnidentifiedImageError, ...
+        raise DatasetError(f"cannot read the size of image file {path}: {exc}") from exc
+    return int(height), int(width)
 
 
 def _as_points(raw: object, path: Path, what: str) -> np.ndarray:
@@ -553,3 +584,29 @@ def require_labeled(dataset: object, what: str) -> CrowdDataset:
     if not dataset.labels:
         raise ValueError(f"{what} needs labels: open the dataset with labels=True")
     return dataset
+
+
+def count_images(root: PathLike, *, kind: str = "shanghaitech") -> int:
+    """The number of images of a dataset, all splits together (reads no annotation).
+
+    This is the paper's S (the size of the image collection; 482 for ShanghaiTech A: 300
+    training + 182 test images). Splits that are not there are skipped (a folder of training
+    images alone counts those).
+
+    Example:
+        >>> from examples.css_ccnn.data import make_synthetic
+        >>> import tempfile
+        >>> count_images(make_synthetic(tempfile.mkdtemp(), num_train=3, num_test=2))
+        5
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    total = 0
+    for split in _ALL_SPLITS[kind]:
+        try:
+            total += len(open_dataset(root, kind=kind, split=split, labels=False))
+        except DatasetError:  # this split is not there
+            continue
+    if total == 0:
+        raise DatasetError(f"no images found under {root} (kind={kind!r})")
+    return total

@@ -68,11 +68,19 @@ def _positive_int(value: object, name: str) -> int:
 
 
 def resized_shape(
-    height: int, width: int, *, min_side: int = 224, max_side: int = 1024, multiple: int = 8
+    height: int,
+    width: int,
+    *,
+    min_side: int = 224,
+    max_side: int = 1024,
+    multiple: int = 8,
+    scale: float = 1.0,
 ) -> tuple[int, int]:
     """The (height, width) an image is resized to for testing, as in the original CSS-CCNN code.
 
-    The short side is scaled up to ``min_side`` when shorter, then the long side scaled down to
+    The image is first scaled by ``scale`` (1 in the original; the ``cpu`` preset halves every
+    image, with halved bounds, so that its geometry is the paper's at half resolution). The short
+    side is scaled up to ``min_side`` when shorter, then the long side scaled down to
     ``max_side`` when longer (aspect ratio kept, sizes rounded to the nearest pixel), then each side
     rounded up to a multiple of ``multiple``. For aspect ratios beyond ``max_side / min_side`` both
     constraints cannot hold; the original then let the short side fall below ``min_side``, here the
@@ -82,11 +90,20 @@ def resized_shape(
         height (int), width (int): the input size.
         min_side (int), max_side (int): bounds on the output sides, multiples of ``multiple``.
         multiple (int): every output side is a multiple of it (the model's output stride, 8).
+        scale (float): factor applied before the bounds, > 0.
 
     Returns:
         tuple[int, int]: ``(height, width)`` with ``min_side <= sides <= max_side``.
+
+    Example:
+        >>> resized_shape(480, 640), resized_shape(480, 640, min_side=112, max_side=512, scale=0.5)
+        ((480, 640), (240, 320))
     """
     h, w = _positive_int(height, "height"), _positive_int(width, "width")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < 1e3:
+        raise ValueError(f"scale must be a number > 0, got {scale!r}")
+    if scale != 1:
+        h, w = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
     m = _positive_int(multiple, "multiple")
     lo, hi = _positive_int(min_side, "min_side"), _positive_int(max_side, "max_side")
     if lo % m or hi % m or lo > hi:
@@ -115,6 +132,7 @@ def resize_for_test(
     min_side: int = 224,
     max_side: int = 1024,
     multiple: int = 8,
+    scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Resize a full image for testing: short side ≥ ``min_side``, long side ≤ ``max_side``, sides
     multiples of ``multiple`` (see :func:`resized_shape`), bilinear like the original code.
@@ -122,7 +140,8 @@ def resize_for_test(
     Args:
         image ((H, W, C) or (H, W) ndarray): any dtype ``cv2.resize`` takes (uint8, float32).
         points ((K, 2) ndarray or None): ``(x, y)`` positions, moved with the pixels.
-        min_side (int), max_side (int), multiple (int): see :func:`resized_shape`.
+        min_side (int), max_side (int), multiple (int), scale (float): see
+            :func:`resized_shape`.
 
     Returns:
         tuple: the resized image (same dtype; the input itself is never returned) and the moved
@@ -138,7 +157,9 @@ def resize_for_test(
     image = _check_image(image)
     pts = _check_points(points)
     h, w = image.shape[:2]
-    new_h, new_w = resized_shape(h, w, min_side=min_side, max_side=max_side, multiple=multiple)
+    new_h, new_w = resized_shape(
+        h, w, min_side=min_side, max_side=max_side, multiple=multiple, scale=scale
+    )
     if (new_h, new_w) == (h, w):
         out = image.copy()
     else:
