@@ -184,6 +184,21 @@ def _complete(stopper: EarlyStopping, epoch: int, epochs: int) -> str | None:
     return None
 
 
+def _announce(
+    desc: str, out_dir: Path, stopper: EarlyStopping, start: int, epochs: int, was_finished: bool
+) -> bool:
+    """Say on stderr when a resumed run is complete (returns True) or a finished one extended."""
+    reason = _complete(stopper, start, epochs) if start else None
+    if reason is not None:
+        print(f"{desc}: {out_dir} is complete ({reason}); nothing trained", file=sys.stderr)
+    elif was_finished:
+        print(
+            f"{desc}: extending the finished run in {out_dir} beyond {start} epochs",
+            file=sys.stderr,
+        )
+    return reason is not None
+
+
 def fit(
     *,
     out_dir: Path,
@@ -243,15 +258,7 @@ def fit(
             list(state["history"]),
             state["finished"],
         )
-    reason = _complete(stopper, start, epochs) if start else None
-    finished = reason is not None
-    if finished:
-        print(f"{desc}: {out_dir} is complete ({reason}); nothing trained", file=sys.stderr)
-    elif was_finished:
-        print(
-            f"{desc}: extending the finished run in {out_dir} beyond {start} epochs",
-            file=sys.stderr,
-        )
+    finished = _announce(desc, out_dir, stopper, start, epochs, was_finished)
     bar = tqdm(
         total=epochs,
         initial=start,
