@@ -1,17 +1,23 @@
 """Command line: ``python -m examples.css_ccnn <command> [options]`` (run from the repository root).
 
 Commands: ``train`` (everything on a dataset of yours), ``demo`` (everything on synthetic crowds),
-and the steps they run: ``make-synthetic``, ``stage1``, ``stage2``, ``baselines``, ``evaluate``.
-Every command takes the configuration options (``--preset``, ``--config``, ``--set``,
-``--cf-max``, ``--kind``, ``--device``, ``--seed``, ``--threads``, ``--data-root``, ``--out``);
-``python -m examples.css_ccnn <command> --help`` explains each. Training commands resume from
-``last.pt`` when it exists.
+the steps they run: ``make-synthetic``, ``stage1``, ``stage2``, ``baselines``, ``evaluate``, and
+``families`` (the results tables of the synthetic families). They take the configuration options
+(``--preset``, ``--config``, ``--set``, ``--cf-max``, ``--kind``, ``--device``, ``--seed``,
+``--threads``, ``--data-root``, ``--out``); ``predict`` and ``export`` take a trained checkpoint
+(its configuration is stored in it). ``python -m examples.css_ccnn <command> --help`` explains
+each. Training commands resume from ``last.pt`` when it exists.
+
+User errors (a bad option, a missing or damaged file) print one line ``error: ...`` and exit
+with status 2; Ctrl-C prints one line saying where the run can be resumed and exits with 130.
+Set the environment variable ``CSS_CCNN_TRACEBACK=1`` to see the full traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -152,13 +158,16 @@ def _add_make_synthetic(sub) -> None:
 
 
 def _cmd_make_synthetic(args: argparse.Namespace, cfg: Config, out: Path) -> int:
-    root = pipeline.make_synthetic_dataset(
-        cfg,
-        num_train=args.num_train,
-        num_test=args.num_test,
-        image_size=args.image_size,
-        overwrite=args.overwrite,
-    )
+    try:
+        root = pipeline.make_synthetic_dataset(
+            cfg,
+            num_train=args.num_train,
+            num_test=args.num_test,
+            image_size=args.image_size,
+            overwrite=args.overwrite,
+        )
+    except FileExistsError as err:  # the library says overwrite=True; here it is a flag
+        raise FileExistsError(str(err).replace("overwrite=True", "--overwrite")) from None
     print(f"synthetic dataset at {root}")
     return 0
 
@@ -435,6 +444,122 @@ def _cmd_families(args: argparse.Namespace, cfg: Config, out: Path) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- predict, export
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="count people in images, folders and videos with a trained checkpoint",
+        description="Counts every image (and every k-th frame of every video) with the density "
+        "head of CHECKPOINT (a stage-2 or baseline best.pt). Writes OUT/counts.csv, "
+        "OUT/counts.json and density overlays (OUT/overlays/*.png, *.mp4 for videos). Images are "
+        "resized as in evaluation (the checkpoint's data.min_side / data.max_side) and tiled "
+        "when a side exceeds --tile.",
+    )
+    p.add_argument(
+        "checkpoint", help="a trained checkpoint, e.g. runs/cpu/seed0/stage2_plain/best.pt"
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, video files")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto"
+    )
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    p.add_argument("--every", type=int, default=1, help="count every k-th video frame (default 1)")
+    p.add_argument(
+        "--tile", type=int, default=1024, help="largest tile side in pixels (default 1024)"
+    )
+    p.add_argument(
+        "--min-side", type=int, default=None, help="default: the checkpoint's (0: no upscaling)"
+    )
+    p.add_argument(
+        "--max-side", type=int, default=None, help="default: the checkpoint's (0: full resolution)"
+    )
+    p.add_argument("--no-overlays", action="store_true", help="write only the counts")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_cmd_predict, standalone=True)
+
+
+def _side(value: int | None, name: str) -> int | str | None:
+    if value is None:
+        return "checkpoint"
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value or None
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .counter import load_counter
+    from .predict import predict
+
+    set_threads(args.threads)
+    counter = load_counter(
+        args.checkpoint,
+        device=args.device,
+        min_side=_side(args.min_side, "--min-side"),
+        max_side=_side(args.max_side, "--max-side"),
+        tile=args.tile,
+        batch_size=args.batch_size,
+    )
+    summary = predict(
+        counter,
+        args.inputs,
+        args.out,
+        every=args.every,
+        overlays=not args.no_overlays,
+        progress=not args.no_progress,
+    )
+    rate = (summary.images + summary.frames) / max(summary.seconds, 1e-9)
+    print(
+        f"counted {summary.images} images and {summary.frames} video frames "
+        f"({rate:.1f} per second), total {summary.total:.1f} people; written: "
+        f"{summary.csv_path}, {summary.json_path}"
+        + (f", {summary.overlay_dir}/" if summary.overlay_dir is not None else "")
+    )
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a trained checkpoint to ONNX and TorchScript",
+        description="Writes OUT/NAME.onnx (dynamic batch, height and width) and/or "
+        "OUT/NAME.torchscript.pt. Input: (B, 3, H, W) float32 RGB 0-255, H and W multiples of 8; "
+        "outputs: density (B, 1, H/8, W/8) and count (B,). The resizing settings are stored in "
+        "the files' metadata.",
+    )
+    p.add_argument("checkpoint", help="a trained checkpoint (stage-2 or baseline best.pt)")
+    p.add_argument(
+        "--format",
+        nargs="+",
+        choices=["onnx", "torchscript"],
+        default=["onnx", "torchscript"],
+        help="what to write (default: both)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
+    p.add_argument("--name", default=None, help="file stem (default: the checkpoint's, e.g. best)")
+    p.set_defaults(func=_cmd_export, standalone=True)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .counter import load_counter
+    from .export import export_onnx, export_torchscript
+
+    checkpoint = Path(args.checkpoint)
+    counter = load_counter(checkpoint, device="cpu")
+    out = Path(args.out) if args.out else checkpoint.parent
+    name = args.name or checkpoint.stem
+    written = []
+    if "onnx" in args.format:
+        written.append(export_onnx(counter, out / f"{name}.onnx"))
+    if "torchscript" in args.format:
+        written.append(export_torchscript(counter, out / f"{name}.torchscript.pt"))
+    print(f"written: {', '.join(map(str, written))}")
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 
 _COMMANDS = (
@@ -446,6 +571,8 @@ _COMMANDS = (
     _add_baselines,
     _add_evaluate,
     _add_families,
+    _add_predict,
+    _add_export,
 )
 
 
@@ -490,16 +617,32 @@ def _error(message: str) -> int:
     return 2
 
 
+_USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "standalone", False):  # predict, export: the checkpoint holds the config
+        return args.func(args)
+    cfg, out = resolve(args)
+    set_threads(cfg.threads)
+    return args.func(args, cfg, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, resolve the configuration and run the command; returns the exit code.
 
-    A user error (a bad setting, a missing file, a dataset in the way) prints one line naming the
-    problem and returns 2.
+    User errors print one line and return 2, Ctrl-C prints one line and returns 130 (module
+    docstring); ``CSS_CCNN_TRACEBACK=1`` re-raises them instead.
     """
     args = build_parser().parse_args(argv)
     try:
-        cfg, out = resolve(args)
-        set_threads(cfg.threads)
-        return args.func(args, cfg, out)
-    except (ValueError, TypeError, FileExistsError) as err:  # DatasetError is a ValueError
-        return _error(str(err))
+        return _run(args)
+    except KeyboardInterrupt as err:
+        if os.environ.get("CSS_CCNN_TRACEBACK"):
+            raise
+        print(" ".join(str(err).split()) or "interrupted", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as err:
+        if os.environ.get("CSS_CCNN_TRACEBACK"):
+            raise
+        return _error(" ".join(str(err).split()) or type(err).__name__)

@@ -532,6 +532,10 @@ def validate_config(cfg: Config) -> None:
         schedule = getattr(cfg, section).schedule
         if schedule not in ("constant", "cosine"):
             raise ValueError(f"{section}.schedule must be 'constant' or 'cosine', got {schedule!r}")
+        for key in ("epochs", "patience"):
+            value = getattr(getattr(cfg, section), key)
+            if value < 1:
+                raise ValueError(f"{section}.{key} must be >= 1, got {value}")
     if cfg.stage2.value not in ("regularized", "transport", "divergence"):
         raise ValueError(
             "stage2.value must be 'regularized', 'transport' or 'divergence', got "

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_state
 
 __all__ = [
     "CAFFE_MEANS",
@@ -269,11 +269,19 @@ def load_stage1_fen(model: CSSCCNN, path: str | Path) -> CSSCCNN:
         CSSCCNN: ``model``.
 
     Raises:
-        ValueError: the checkpoint is missing or holds no FEN weights.
+        CheckpointError: the checkpoint is missing, damaged or unsafe, holds no FEN weights, or
+            was trained with another ``model.width``.
     """
-    state = load_checkpoint(path)["model"]
+    ckpt = load_checkpoint(path, require=("model",))
+    meta = ckpt.get("meta") or {}
+    if "width" in meta and float(meta["width"]) != model.width:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with model.width={meta['width']}, but this model has "
+            f"model.width={model.width}: use the same preset or --set model.width={meta['width']}"
+        )
+    state = ckpt["model"]
     fen_state = {k[len("fen.") :]: v for k, v in state.items() if k.startswith("fen.")}
     if not fen_state:
-        raise ValueError(f"{str(path)!r} holds no FEN weights (keys 'fen.*')")
-    model.fen.load_state_dict(fen_state)
+        raise CheckpointError(f"checkpoint {path} holds no FEN weights (keys 'fen.*')")
+    load_state(model.fen, fen_state, path, meta=meta)
     return model

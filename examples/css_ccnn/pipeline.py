@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .baselines import mean_training_count, random_baseline_model, train_supervised
-from .checkpoint import atomic_write_text, load_checkpoint
+from .checkpoint import atomic_write_text, load_weights
 from .config import Config, cell_size
 from .data.datasets import CrowdDataset, DatasetError, open_dataset
 from .data.synthetic import make_synthetic
@@ -165,7 +165,7 @@ def make_synthetic_dataset(
 def load_model(cfg: Config, path: str | Path) -> CSSCCNN:
     """A trained network from a checkpoint (``state_dict`` under ``"model"``), in eval mode."""
     model = CSSCCNN(width=cfg.model.width, rotations=cfg.model.rotations)
-    model.load_state_dict(load_checkpoint(path)["model"])
+    load_weights(model, path)  # errors name the file and the cause (e.g. another model.width)
     return model.eval()
 
 

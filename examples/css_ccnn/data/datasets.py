@@ -28,14 +28,20 @@ Layouts (``root`` is the folder the archive unpacks to):
 ``"nwpu"``                ``images/XXXX.jpg`` (or ``images_part*/``), ``jsons/XXXX.json`` with
                           ``"points": [[x, y], ...]`` (0-based); splits from ``train.txt``,
                           ``val.txt``, ``test.txt`` (first column = image id)
-``"folder"``              any ``.jpg .jpeg .png .bmp`` below ``root`` (recursive), no labels
+``"folder"``              any image below ``root`` (recursive), no labels
 ========================  ==================================================================
+
+Images are the files with an extension in :data:`IMAGE_EXTENSIONS` (read with Pillow). Image
+files with other extensions (``.gif``, ``.heic``, ``.avif``, ...) are skipped with a
+:class:`DatasetWarning`, and a ground-truth file whose image is missing (or skipped) is an error:
+evaluating on fewer images than were annotated would be silent.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +54,7 @@ __all__ = [
     "KINDS",
     "CrowdDataset",
     "DatasetError",
+    "DatasetWarning",
     "Sample",
     "count_images",
     "image_shape",
@@ -67,7 +74,12 @@ _ALL_SPLITS = {
     "nwpu": ("all",),
     "folder": ("all",),
 }
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# image formats that are not read: reported, never dropped silently
+_SKIPPED_IMAGE_EXTENSIONS = (
+    ".gif", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".svg", ".ico", ".psd",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".exr", ".hdr", ".dng", ".raw", ".cr2", ".nef", ".arw",
+)  # fmt: skip
 
 PathLike = Union[str, Path]
 PointReader = Callable[[Path], np.ndarray]
@@ -75,6 +87,10 @@ PointReader = Callable[[Path], np.ndarray]
 
 class DatasetError(ValueError):
     """A dataset file is missing, unreadable or malformed; the message names the file."""
+
+
+class DatasetWarning(UserWarning):
+    """Files of a dataset folder were skipped (e.g. images in a format that is not read)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -343,7 +359,60 @@ def _list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
     files = [
         p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
     ]
+    _warn_skipped(folder, pattern)
     return sorted(files, key=lambda p: _natural_key(p.relative_to(folder)))
+
+
+def _warn_skipped(folder: Path, pattern: str) -> None:
+    skipped = sorted(p.name for p in folder.glob(pattern) if _is_skipped_image(p))
+    if skipped:
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        warnings.warn(
+            f"{folder}: skipped {len(skipped)} image file(s) in formats that are not read "
+            f"({', '.join(skipped[:3])}{more}); convert them to one of "
+            f"{' '.join(IMAGE_EXTENSIONS)} to use them",
+            DatasetWarning,
+            stacklevel=4,
+        )
+
+
+def _is_skipped_image(path: Path) -> bool:
+    return path.suffix.lower() in _SKIPPED_IMAGE_EXTENSIONS and path.is_file()
+
+
+# annotation file name pattern and image stem of each labeled layout
+_ANNOTATION_NAMES = {
+    "shanghaitech": ("GT_*.mat", lambda name: name[len("GT_") : -len(".mat")]),
+    "qnrf": ("*_ann.mat", lambda name: name[: -len("_ann.mat")]),
+    "jhu": ("*.txt", lambda name: name[: -len(".txt")]),
+    "ucf_cc_50": ("*_ann.mat", lambda name: name[: -len("_ann.mat")]),
+    "nwpu": ("*.json", lambda name: name[: -len(".json")]),
+}
+
+
+def _check_annotations_have_images(kind: str, root: Path, images: list[Path], anns) -> None:
+    """Every annotation file beside the used ones has a readable image (else the evaluation
+    would silently use fewer images than were annotated)."""
+    pattern, stem_of = _ANNOTATION_NAMES[kind]
+    folders = {p.parent for p in images}
+    if kind == "nwpu":
+        folders |= {p for p in root.glob("images*") if p.is_dir()}
+    stems = {p.stem for folder in folders for p in _list_quietly(folder)}
+    for ann_dir in sorted({a.parent for a in anns}):
+        for ann in sorted(ann_dir.glob(pattern), key=_natural_key):
+            stem = stem_of(ann.name)
+            if stem in stems:
+                continue
+            others = sorted(q.name for f in folders for q in f.glob(f"{stem}.*") if q.is_file())
+            found = f"; found {', '.join(others)}, in a format that is not read" if others else ""
+            raise DatasetError(
+                f"ground-truth file {ann} has no image {stem} with one of the extensions "
+                f"{' '.join(IMAGE_EXTENSIONS)}{found}"
+            )
+
+
+def _list_quietly(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
 
 
 def _first_dir(parent: Path, names: Sequence[str], what: str) -> Path:
@@ -540,6 +609,7 @@ def open_dataset(
         images, anns, reader = _open_nwpu(root, split, labels)
     if anns is not None:
         _check_annotations(anns)
+        _check_annotations_have_images(kind, root, images, anns)
     name = f"{kind}/{split}" if fold is None else f"{kind}/{split}/fold{int(fold)}"
     return CrowdDataset(name, images, anns, reader)
 
