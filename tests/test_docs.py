@@ -183,10 +183,24 @@ def test_markdown_link_checker_finds_broken_links(tmp_path: Path) -> None:
     assert len(bad) == 3 and "nope" in bad[0] and "c.md" in bad[1] and "d.png" in bad[2]
 
 
+def test_links_leaving_docs_go_to_the_repository_and_missing_files_warn(caplog) -> None:
+    hooks = _load("hooks")
+    text = (
+        "[c](../../benchmarks/compare.py) [p](priors.md#x) [w](https://e.invalid) "
+        "[g](../../nope.py)"
+    )
+    with caplog.at_level("WARNING"):
+        out = hooks._outside_links(text, "losses/x.md", "https://forge.invalid/sinkmatch")
+    assert "(https://forge.invalid/sinkmatch/blob/main/benchmarks/compare.py)" in out
+    assert "(priors.md#x)" in out and "(https://e.invalid)" in out and "(../../nope.py)" in out
+    assert "../../nope.py" in caplog.text
+
+
 def test_getting_started_shows_the_readme_commands_and_example_verbatim() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     page = (DOCS / "getting_started.md").read_text(encoding="utf-8")
-    setup = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    section = re.search(r"^## Set up\n(.*?)(?=^## )", readme, flags=re.S | re.M).group(1)
+    setup = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     example = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[0]
     assert len(setup) == 2
     for block in [*setup, example]:

@@ -185,7 +185,8 @@ def _check_paths(args: list[str], prog: str) -> tuple[str, str | None]:
 
 
 _RUNNER = r"""
-import argparse, contextlib, io, json, os, runpy, signal, sys, tempfile, time, traceback
+import argparse, contextlib, io, json, os, runpy, shutil, signal, sys, tempfile, time
+import traceback
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 import torch
@@ -235,7 +236,7 @@ def run_job(job):
         os.chdir(job["cwd"])
         sys.path.insert(0, job["cwd"])
         return parse_only(job["argv"])
-    os.chdir(tempfile.mkdtemp(prefix="docs-page-"))
+    os.chdir(job["workdir"])
     ns = {"__name__": "__main__"}
     for block in job["blocks"]:
         code = compile(block["code"], block["where"], "exec")
@@ -244,6 +245,7 @@ def run_job(job):
 
 results = {}
 for key, job in jobs.items():
+    job["workdir"] = tempfile.mkdtemp(prefix="docs-page-")
     r, w = os.pipe()
     start = time.monotonic()
     pid = os.fork()
@@ -270,6 +272,7 @@ for key, job in jobs.items():
         time.sleep(0.02)
     data = os.read(r, 1 << 20)
     os.close(r)
+    shutil.rmtree(job["workdir"], ignore_errors=True)
     if status is None:
         err = f"timed out after {job['timeout']:.0f} s"
     elif not data:
