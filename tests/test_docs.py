@@ -194,6 +194,12 @@ def test_links_leaving_docs_go_to_the_repository_and_missing_files_warn(caplog) 
     assert "(https://forge.invalid/sinkmatch/blob/main/benchmarks/compare.py)" in out
     assert "(priors.md#x)" in out and "(https://e.invalid)" in out and "(../../nope.py)" in out
     assert "../../nope.py" in caplog.text
+    # the changelog page includes CHANGELOG.md: its links are relative to the repository root
+    included = hooks._outside_links(
+        "[d](docs/priors.md#x) [b](benchmarks/compare.py)", "changelog.md", "https://f.invalid"
+    )
+    assert "(priors.md#x)" in included
+    assert "(https://f.invalid/blob/main/benchmarks/compare.py)" in included
 
 
 def test_getting_started_shows_the_readme_commands_and_example_verbatim() -> None:

@@ -54,27 +54,38 @@ def on_files(files: Files, *, config: Any) -> Files:
     return files
 
 
+# Pages whose Markdown is included from a file elsewhere in the repository: its links are
+# written relative to that file's folder (here the repository root).
+INCLUDED_FROM = {"changelog.md": ""}
+
+
 def _outside_links(markdown: str, page_src: str, repo_url: str) -> str:
     """Rewrite relative links that leave docs/ (outside code fences)."""
     page_dir = posixpath.dirname(f"docs/{page_src}")
+    base_dir = INCLUDED_FROM.get(page_src, page_dir)
     out, in_fence = [], False
     for line in markdown.split("\n"):
         if _FENCE.match(line):
             in_fence = not in_fence
         if not in_fence:
-            line = _LINK.sub(lambda m: _rewrite(m, page_dir, page_src, repo_url), line)
+            line = _LINK.sub(lambda m: _rewrite(m, base_dir, page_dir, page_src, repo_url), line)
         out.append(line)
     return "\n".join(out)
 
 
-def _rewrite(match: re.Match[str], page_dir: str, page_src: str, repo_url: str) -> str:
+def _rewrite(
+    match: re.Match[str], base_dir: str, page_dir: str, page_src: str, repo_url: str
+) -> str:
     target = match[2]
     if re.match(r"^[a-z][a-z0-9+.-]*:|^#|^/", target):
         return match[0]
     path, _, anchor = target.partition("#")
-    repo_path = posixpath.normpath(posixpath.join(page_dir, path))
+    repo_path = posixpath.normpath(posixpath.join(base_dir, path))
     if repo_path.startswith("docs/") or repo_path == "docs":
-        return match[0]  # a page of the site: MkDocs validates it
+        if base_dir == page_dir:
+            return match[0]  # a page of the site: MkDocs validates it
+        local = posixpath.relpath(repo_path, page_dir) + (f"#{anchor}" if anchor else "")
+        return f"{match[1]}{local}{match[3]}"
     if repo_path.startswith("..") or not (ROOT / repo_path).exists():
         log.warning(f"{page_src}: the link '{target}' points to no file of the repository")
         return match[0]
