@@ -213,6 +213,25 @@ def test_getting_started_shows_the_readme_commands_and_example_verbatim() -> Non
         assert block in page, f"docs/getting_started.md lacks, verbatim:\n{block}"
 
 
+def test_benchmark_tables_are_the_ones_the_script_draws_from_the_csv(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text((DOCS / "benchmarks.md").read_text(encoding="utf-8"), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "benchmarks/plot_results.py", "--doc", str(doc), "--no-figures"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert doc.read_text(encoding="utf-8") == (DOCS / "benchmarks.md").read_text(
+        encoding="utf-8"
+    ), (
+        "docs/benchmarks.md differs from what benchmarks/plot_results.py writes from the CSV: "
+        "rerun `python benchmarks/plot_results.py`"
+    )
+
+
 def test_every_public_module_has_a_reference_page() -> None:
     directives = set()
     for path in (DOCS / "reference").glob("*.md"):
