@@ -95,7 +95,10 @@ def check_real(
     Args:
         name: The argument name for error messages.
         v: The value received.
-        gt, ge, lt, le: Bounds (``>``, ``>=``, ``<``, ``<=``); ``None`` for none.
+        gt: Exclusive lower bound (``value > gt``); ``None`` for none.
+        ge: Inclusive lower bound (``value >= ge``); ``None`` for none.
+        lt: Exclusive upper bound (``value < lt``); ``None`` for none.
+        le: Inclusive upper bound (``value <= le``); ``None`` for none.
         finite: Reject ``±inf`` (NaN is always rejected).
         none_ok: Accept ``None`` (returned as is).
         arrays: Also accept a one-element floating tensor or a 0-d numpy array (read back with

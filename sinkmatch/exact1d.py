@@ -305,7 +305,8 @@ def exact_1d_potentials(
         differentiable functions of the positions, but meant to be used detached (warm start).
 
     Raises:
-        TypeError, ValueError: As :func:`wasserstein_1d`, or an unknown ``ties``.
+        TypeError: As :func:`wasserstein_1d` (non-tensor or non-floating inputs).
+        ValueError: As :func:`wasserstein_1d`, or an unknown ``ties``.
 
     Example:
         >>> import torch

@@ -130,8 +130,27 @@ class CountPrior(PriorBase):
         C \sim \mathcal U(0, t) \text{ w.p. } F(t), \quad
         C \sim \mathrm{TPL}(\alpha, \lambda, x_{\min}) \mid C \ge t \text{ otherwise}.
 
+    Args:
+        alpha: Power-law exponent α > 0.
+        lam: Rate λ > 0 of the exponential cut-off.
+        threshold: The head threshold t > 0.
+        x_min: Lower end of the power law, > 0.
+        mode: ``"exact"`` or ``"legacy"``: which sampler draws the tail.
+        c_max: :math:`C_{\max}`, the largest cell count λ was solved for (informational).
+        cf_max: The maximum image count it came from (informational).
+        num_images: ``S``, the number of images (informational).
+
     Attributes:
-        alpha, lam, x_min, threshold, c_max, mode, head_weight (= F(t)), cf_max, num_images.
+        alpha (float): α.
+        lam (float): λ.
+        x_min (float): Lower end of the power law.
+        threshold (float): The head threshold t.
+        head_weight (float): :math:`F(t)`, the mass spread uniformly over :math:`[0, t]`.
+        mode (str): ``"exact"`` or ``"legacy"``.
+        c_max (float or None): :math:`C_{\max}`.
+        cf_max (float or None): The maximum image count.
+        num_images (float or None): ``S``.
+        base (TruncatedPowerLaw): The law before head redistribution.
 
     Example:
         >>> import torch

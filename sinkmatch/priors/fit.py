@@ -6,12 +6,12 @@ Newman (2009), "Power-law distributions in empirical data". All laws are continu
 normalized on :math:`[x_{\min}, \infty)`, with the parameterization of the ``powerlaw`` package
 (Alstott et al. 2014):
 
-==========================  ============================================================
-truncated power law         :math:`p \propto c^{-\alpha} e^{-\lambda c}` (α > 0, λ >= 0)
-power law                   :math:`p = \frac{\alpha - 1}{x_{\min}}(c/x_{\min})^{-\alpha}`
-log-normal                  :math:`p \propto \frac{1}{c}\exp(-(\log c-\mu)^2/2\sigma^2)`
-exponential                 :math:`p = \lambda e^{-\lambda (c - x_{\min})}`
-==========================  ============================================================
+| law | density on :math:`[x_{\min}, \infty)` |
+|---|---|
+| truncated power law | :math:`p \propto c^{-\alpha} e^{-\lambda c}` (α > 0, λ >= 0) |
+| power law | :math:`p = \frac{\alpha - 1}{x_{\min}}(c/x_{\min})^{-\alpha}` |
+| log-normal | :math:`p \propto \frac{1}{c}\exp(-(\log c-\mu)^2/2\sigma^2)` |
+| exponential | :math:`p = \lambda e^{-\lambda (c - x_{\min})}` |
 
 Estimators: the power law and the exponential in closed form; the truncated power law by
 profiling λ (the score equation :math:`E_{\alpha,\lambda}[C] = \bar x` is solved with
@@ -274,7 +274,8 @@ def compare_fits(
 
     Args:
         data ((N,) array_like or Tensor): The observations the fits were made on.
-        fit1, fit2: Two :class:`FitResult` with the same ``x_min``.
+        fit1: The first :class:`FitResult`.
+        fit2: The second :class:`FitResult`, with the same ``x_min`` as ``fit1``.
         nested: Whether one model is nested in the other.
 
     Returns:

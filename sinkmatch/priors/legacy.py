@@ -23,14 +23,11 @@ of 0 at :math:`x_{\min} = 1`. It then took
 Here :math:`\Gamma(1-\alpha, z)` is our own float64 evaluation (:mod:`._special`; mpmath is a test
 dependency only). Values pinned by the tests (alpha = 2):
 
-============  =====  ========  ========  ==================================
-Cf_max        S      legacy λ  legacy t  exact λ (:func:`solve_lambda`,
-                                         normalized CDF, C_max = Cf_max/64)
-============  =====  ========  ========  ==================================
-3000          482    0.028     1.21001   0.0295049
-3500          482    0.022     1.24001   0.0229826
-12000         1500   0.006     1.34001   0.0060887
-============  =====  ========  ========  ==================================
+| Cf_max | S | legacy λ | legacy t | exact λ (:func:`solve_lambda`, C_max = Cf_max/64) |
+|---|---|---|---|---|
+| 3000 | 482 | 0.028 | 1.21001 | 0.0295049 |
+| 3500 | 482 | 0.022 | 1.24001 | 0.0229826 |
+| 12000 | 1500 | 0.006 | 1.34001 | 0.0060887 |
 
 (The values 0.030 / 0.023 / 0.007 quoted for the normalized CDF are the first points of the
 0.001 grid above these exact roots.) With the 3 x 3 cell grid that the network actually uses,
