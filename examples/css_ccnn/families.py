@@ -83,6 +83,7 @@ def run_families(
         c.data.synthetic_family = name
         c.data.synthetic_image_size = c.data.synthetic_count_min = c.data.synthetic_count_max = None
         c.prior.cf_max = None  # each dataset's own Cf_max (synthetic.json)
+        c.data.synthetic_num_train, c.data.synthetic_num_test = num_train, num_test  # recorded
         pipeline.make_synthetic_dataset(c, num_train=num_train, num_test=num_test)
         run = pipeline.run_experiment(c, out / name, seeds, ablation=True, progress=progress)
         text, records[name] = _section(name, run["config"], run, out / name, seeds)
