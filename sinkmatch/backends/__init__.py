@@ -104,8 +104,8 @@ def get_backend(
         if not is_power_cost(cost) and name != "dense":
             raise ValueError(
                 f"backend {backend!r} needs a named cost ('sqeuclidean', 'euclidean' or a "
-                f"PowerCost); got {cost!r}, which only the dense backend evaluates (callable costs, "
-                "precomputed matrices); use backend='dense'"
+                f"PowerCost); got {cost!r}, which only the dense backend evaluates (callable "
+                "costs, precomputed matrices); use backend='dense'"
             )
         return _make(name)
     if isinstance(backend, SoftminBackend):
