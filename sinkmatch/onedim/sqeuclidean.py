@@ -414,9 +414,8 @@ class _LeadPairs:
         # V rows (k, n), columns j: reorder the (k, j) terms to (k, n, j)
         size_k = torch.bincount(k, minlength=n_pairs)
         start_k = torch.cumsum(size_k, 0) - size_k
-        idx, row, _ = _ranges(start_k.repeat_interleave(p), size_k.repeat_interleave(p))
-        v_vals = (_powers(vn, p) * w[:, None]).flatten()[idx * p + row % p]
-        v_op = _csr(row, j[idx], v_vals, (n_pairs * p, tr.src.n_atoms))
+        table = _powers(vn, p).T * w  # (p, terms), rows contiguous
+        v_op = _row_blocks(table, start_k, size_k, tr.src.n_atoms, cols=j)
         i, kk, un = self.tgt_terms
         scale = torch.exp(self.t_expo - row_shift[i])
         coef = (self.z[:, None] ** ar) * tr._fact  # (P, p)
@@ -553,11 +552,9 @@ class _FgtPairs:
         box_row = torch.full((src.n_boxes,), -1, dtype=torch.long, device=dev)
         box_row[boxes] = torch.arange(boxes.numel(), device=dev)
         self.box_row = box_row
-        j, rb, _ = _ranges(
-            src.box_start[boxes].repeat_interleave(p), src.box_size[boxes].repeat_interleave(p)
-        )
-        table = _powers(self.vn, p) * self.w[:, None]  # (m, p)
-        v_op = _csr(rb, j, table.flatten()[j * p + rb % p], (boxes.numel() * p, src.n_atoms))
+        size = src.box_size[boxes]
+        table = _powers(self.vn, p).T * self.w  # (p, m), rows contiguous
+        v_op = _row_blocks(table, src.box_start[boxes], size, src.n_atoms)
         # T: rows (T, a), columns (B, b); block of pair k: e^{A_k - m_T} C_k
         coef = _translation(self.gam, self.dlt, self.kap, p)  # (P, p, p), [k, a, b]
         coef = coef * torch.exp(self.a_pair - self.m_box[self.tb])[:, None, None]
@@ -594,12 +591,30 @@ class _FgtPairs:
 
 
 def _powers(x: Tensor, p: int) -> Tensor:
-    """``[x^0, ..., x^{p-1}]`` per entry, (n, p)."""
-    out = torch.empty(x.shape[0], p, dtype=x.dtype, device=x.device)
-    out[:, 0] = 1.0
+    """``[x^0, ..., x^{p-1}]`` per entry, (n, p) (a transposed view of a (p, n) table)."""
+    out = torch.empty(p, x.shape[0], dtype=x.dtype, device=x.device)
+    out[0] = 1.0
     for k in range(1, p):
-        out[:, k] = out[:, k - 1] * x
-    return out
+        torch.mul(out[k - 1], x, out=out[k])
+    return out.T
+
+
+def _row_blocks(table: Tensor, start: Tensor, size: Tensor, n_cols: int, cols=None) -> Tensor:
+    """CSR with rows ``(g, n)`` = ``table[n, start[g] : start[g] + size[g]]``.
+
+    Columns are the item indices themselves, or ``cols[item]`` when given.
+    """
+    p, n_items = table.shape
+    ar = torch.arange(p, device=table.device)
+    starts = (start[:, None] + ar[None, :] * n_items).flatten()
+    idx, row, loc = _ranges(starts, size.repeat_interleave(p))
+    item = start.repeat_interleave(p)[row] + loc
+    col = item if cols is None else cols[item]
+    crow = torch.cat([size.new_zeros(1), torch.cumsum(size.repeat_interleave(p), 0)])
+    shape = (size.numel() * p, n_cols)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, col, table.flatten()[idx], size=shape)
 
 
 def _ls_slope(h: Tensor, v: Tensor, box: Tensor, n_box: int) -> Tensor:
@@ -623,12 +638,14 @@ def _translation(gam: Tensor, dlt: Tensor, kap: Tensor, p: int) -> Tensor:
     \kappa C_{a-1, b}`, with :math:`C_{a0} = \delta^a / a!`.
     """
     n = gam.numel()
-    out = torch.empty(n, p, p, dtype=gam.dtype, device=gam.device)
+    out = torch.empty(n, p, p, dtype=gam.dtype, device=gam.device)  # [pair, b, a]
     fact = torch.tensor([math.factorial(k) for k in range(p)], dtype=gam.dtype, device=gam.device)
-    out[:, :, 0] = dlt[:, None] ** torch.arange(p, device=gam.device) / fact
+    out[:, 0, :] = dlt[:, None] ** torch.arange(p, device=gam.device) / fact
+    g, k = gam[:, None], kap[:, None]
     for b in range(p - 1):
-        col = out[:, :, b]
-        nxt = gam[:, None] * col
-        nxt[:, 1:] += kap[:, None] * col[:, :-1]
-        out[:, :, b + 1] = nxt / (b + 1)
-    return out
+        col = out[:, b, :]
+        nxt = out[:, b + 1, :]
+        torch.mul(col, g, out=nxt)
+        nxt[:, 1:] += k * col[:, :-1]
+        nxt /= b + 1
+    return out.transpose(1, 2)
