@@ -1,15 +1,12 @@
 r"""Entropic OT on the line: exact warm start, Sinkhorn plus 1-D Newton, envelope gradients.
 
 The iteration works on the merged support atoms of both sides of every problem of a (ragged)
-batch at once, in float64. One *cycle* is two soft-min sums:
-
-1. :math:`f^+ = T_x(g)` with the channel :math:`m` (conditional mean of ``x`` given ``y``): at
-   the current pair :math:`(f, g)`, whose columns are exact, it gives the row marginal
-   :math:`a_i e^{(f_i - f^+_i)/\varepsilon}` (hence the L1 marginal error of the pair, the
-   stopping test) and :math:`P m`;
-2. :math:`f \leftarrow f^+ + \beta\, d` with the path-Laplacian Newton step ``d``
-   (:mod:`sinkmatch.onedim.newton`), then :math:`g \leftarrow T_y(f)` with the channel ``x``
-   (the next :math:`m`).
+batch at once, in float64. One *cycle* is two soft-min sums, :math:`f^+ = T_x(g)` and
+:math:`g^+ = T_y(f)`, each carrying channels (conditional means) from which the marginal of the
+pair just updated and the path-Laplacian Newton step ``d`` (:mod:`sinkmatch.onedim.newton`)
+follow. Per problem, the Newton correction :math:`\beta d` is added on the side with fewer
+support atoms (``NEWTON_SIDE``); the pair whose other side is exact is checked (L1 marginal
+error, the stopping test) at the next sum. A problem whose error grows halves its damping.
 
 A problem stops on its own when its error bound is below ``tol``; its potentials are frozen
 from then on. The returned pair is :math:`(T_x(g), g)`, whose rows are exact and whose column
@@ -73,7 +70,8 @@ class OneDimResult:
 class _Geometry:
     """The lines and soft-min sums of one batch (support atoms and all points)."""
 
-    def __init__(self, x, y, a, b, eps: float, kernel_tol: float, z: float = DEFAULT_Z):
+    def __init__(self, x, y, a, b, eps: float, kernel_tol: float, z: float | None = None):
+        z = DEFAULT_Z if z is None else z
         self.eps = eps
         self.p = expansion_order(z, kernel_tol)
         width = math.sqrt(2.0 * z * eps)
@@ -103,52 +101,109 @@ def _shifted(line: Line) -> Tensor:
     return line.pos - problem_min(line)[line.prob]
 
 
-def _g_update(geo: _Geometry, f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``g = T_y(f)``, the conditional mean of ``x`` given every ``y`` atom, the error bound."""
-    out = geo.t_y(geo.log_a + f / geo.eps, _shifted(geo.xs)[:, None])
-    g = -geo.eps * out.log_sum
-    mean = torch.exp(out.log_channels[:, 0] - out.log_sum) + problem_min(geo.xs)[geo.ys.prob]
-    return g, mean, out.bound
+# Side of the Newton correction per cycle: "x", "y", "alternate", or "auto" (per problem, the
+# side with fewer support atoms, the x side on a tie).
+NEWTON_SIDE = "auto"
+
+
+def _sides(geo: _Geometry, cycle: int) -> Tensor:
+    """Per problem, ``True`` where this cycle corrects ``f`` (else ``g``)."""
+    n_x = geo.xs.offsets[1:] - geo.xs.offsets[:-1]
+    n_y = geo.ys.offsets[1:] - geo.ys.offsets[:-1]
+    if NEWTON_SIDE == "x":
+        return torch.ones_like(n_x, dtype=torch.bool)
+    if NEWTON_SIDE == "y":
+        return torch.zeros_like(n_x, dtype=torch.bool)
+    if NEWTON_SIDE == "alternate":
+        return torch.full_like(n_x, cycle % 2 == 0, dtype=torch.bool)
+    return n_x <= n_y
 
 
 def _iterate(geo: _Geometry, f: Tensor, *, tol: float, max_iter: int):
-    """The cycles.
+    r"""The cycles.
+
+    Every cycle computes :math:`f^+ = T_x(g)` and :math:`g^+ = T_y(f')` with
+    :math:`f' = f^+ + \beta d_x` (x-side problems) or :math:`f^+`, then
+    :math:`g \leftarrow g^+` or :math:`g^+ + \beta d_y` (y-side problems). A pair whose
+    columns are exact is checked by its rows at the first sum of the next cycle, a pair whose
+    rows are exact by its columns at the second; each cycle has one of the two. A problem whose
+    error grows from one cycle to the next continues with half its damping (the plain
+    smoothing step, ``beta = 0``, is Sinkhorn and always converges).
 
     Returns:
-        The last checked pair ``(f, g)`` (columns exact), the error bounds, cycles and
-        convergence per problem, and ``(T_x(g), barycentric map, kernel bound)`` of the last
-        check (the forward of the final step).
+        The last pair ``(f, g)``, the error bounds, cycles and convergence per problem, and
+        ``(T_x(g), barycentric map, kernel bound)`` of the last sum from ``g`` (the forward of
+        the final step).
     """
     eps, xs, ys = geo.eps, geo.xs, geo.ys
     n_prob = xs.offsets.numel() - 1
-    g, mean, bound_y = _g_update(geo, f)
+    px, py = xs.prob, ys.prob
+    x_min, y_min = problem_min(xs), problem_min(ys)
+    zeros = torch.zeros(n_prob, dtype=f.dtype, device=f.device)
     done = torch.zeros(n_prob, dtype=torch.bool, device=f.device)
     n_iter = torch.zeros(n_prob, dtype=torch.long, device=f.device)
-    err = torch.full((n_prob,), math.inf, dtype=f.dtype, device=f.device)
-    x_low = problem_min(xs)[ys.prob]
-    y_shift = _shifted(ys)
+    err = torch.full_like(zeros, math.inf)
+    beta = torch.full_like(zeros, NEWTON_BETA)
+    out_y = geo.t_y(geo.log_a + f / eps, torch.stack([xs.pos - x_min[px], zeros[px]], 1))
+    g = -eps * out_y.log_sum
+    mean_x = torch.exp(out_y.log_channels[:, 0] - out_y.log_sum) + x_min[py]  # E[x | y_j]
+    cols_exact = torch.ones_like(done)  # the pair (f, g) has exact columns
+    bound_y = out_y.bound
+    last_err = None
     for it in range(max_iter + 1):
-        out = geo.t_x(geo.log_b + g / eps, torch.stack([mean - x_low, y_shift], 1))
-        f_new = -eps * out.log_sum
+        chans = torch.stack([mean_x - x_min[py], ys.pos - y_min[py]], 1)
+        out_x = geo.t_x(geo.log_b + g / eps, chans)
+        f_new = -eps * out_x.log_sum
         row = xs.weight * torch.exp((f - f_new) / eps)
-        row_err = segment_sum((xs.weight - row).abs(), xs)
-        err = torch.where(done, err, row_err + out.bound + bound_y)
-        done = done | (err <= tol)
+        check = ~done & cols_exact
+        err_row = segment_sum((xs.weight - row).abs(), xs) + out_x.bound + bound_y
+        err = torch.where(check, err_row, err)
+        done = done | (check & (err <= tol))
         if bool(done.all()) or it == max_iter:
             break
-        ratio = torch.exp(out.log_channels[:, 0] - out.log_sum)
-        moment = row * (ratio + problem_min(xs)[xs.prob])
-        step = newton_direction(xs, xs.weight, row, moment, eps)
-        active_x = ~done[xs.prob]
-        f = torch.where(active_x, f_new + NEWTON_BETA * step, f)
-        g_new, mean_new, bound_new = _g_update(geo, f)
-        active_y = ~done[ys.prob]
-        g = torch.where(active_y, g_new, g)
-        mean = torch.where(active_y, mean_new, mean)
-        bound_y = torch.where(done, bound_y, bound_new)
+        side_x = _sides(geo, it) & ~done
+        mean_y = torch.exp(out_x.log_channels[:, 1] - out_x.log_sum) + y_min[px]  # E[y | x_i]
+        f_next = f_new
+        if bool(side_x.any()):
+            moment = row * (torch.exp(out_x.log_channels[:, 0] - out_x.log_sum) + x_min[px])
+            d_x = newton_direction(xs, xs.weight, row, moment, eps)
+            f_next = f_new + torch.where(side_x[px], beta[px], 0.0) * d_x
+        f = torch.where(done[px], f, f_next)
+        chans = torch.stack([xs.pos - x_min[px], mean_y - y_min[px]], 1)
+        out_y = geo.t_y(geo.log_a + f / eps, chans)
+        g_new = -eps * out_y.log_sum
+        col = ys.weight * torch.exp((g - g_new) / eps)
+        check = ~done & ~side_x  # (f, g) has exact rows where f was not corrected
+        err_col = segment_sum((ys.weight - col).abs(), ys) + out_x.bound + out_y.bound
+        err = torch.where(check, err_col, err)
+        done_y = check & (err <= tol)
+        side_y = ~done & ~done_y & ~side_x
+        g_next = g_new
+        if bool(side_y.any()):
+            moment = col * (torch.exp(out_y.log_channels[:, 1] - out_y.log_sum) + y_min[py])
+            d_y = newton_direction(ys, ys.weight, col, moment, eps)
+            g_next = g_new + torch.where(side_y[py], beta[py], 0.0) * d_y
+        # problems done at the column check keep (f, g): rows exact, returned f = T_x(g)
+        keep = done | done_y
+        g = torch.where(keep[py], g, g_next)
+        mean_x = torch.where(
+            keep[py], mean_x, torch.exp(out_y.log_channels[:, 0] - out_y.log_sum) + x_min[py]
+        )
+        bound_y = torch.where(keep, bound_y, out_y.bound)
+        cols_exact = ~side_y
         n_iter = n_iter + (~done).long()
-    bary = torch.exp(out.log_channels[:, 1] - out.log_sum) + problem_min(ys)[xs.prob]
-    return f, g, err, n_iter, done, (f_new, bary, out.bound)
+        done = done | done_y
+        beta, last_err = _safeguard(beta, last_err, err, done)
+    bary = torch.exp(out_x.log_channels[:, 1] - out_x.log_sum) + y_min[px]
+    return f, g, err, n_iter, done, (f_new, bary, out_x.bound)
+
+
+def _safeguard(beta: Tensor, last_err: Tensor | None, err: Tensor, done: Tensor):
+    """Halve the Newton damping of the problems whose error grew since the last cycle."""
+    if last_err is None:
+        return beta, err
+    worse = ~done & (err > last_err)
+    return torch.where(worse, 0.5 * beta, beta), err
 
 
 def _warm_start(geo: _Geometry, x, y, a, b) -> Tensor:
