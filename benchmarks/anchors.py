@@ -1,28 +1,30 @@
-"""Adapters: sinkmatch and the anchor libraries (POT, GeomLoss, OTT-JAX) behind one interface.
+r"""Adapters: sinkmatch and the anchor libraries (POT, GeomLoss, OTT-JAX) behind one interface.
 
 Each adapter turns a :class:`~benchmarks.workloads.Workload` into a closure ``step()`` that runs
 forward **and** backward (the gradient with respect to every ``x``) the way a user of that library
 would, and a ``finish(raw)`` that converts what ``step`` returned into a :class:`Solved`: the value
-the library reported, the gradients (in the units of :math:`C = \\|x - y\\|^2`) and the dual
+the library reported, the gradients (in the units of :math:`C = \|x - y\|^2`) and the dual
 scalings from which :func:`plan_metrics` recomputes, identically for every library, the marginal
 errors and the transport cost in float64.
 
 Dual scalings: every adapter reports, per problem, ``(logu, logv)`` such that the plan is
 
-.. math::  \\log P_{ij} = \\mathrm{logu}_i + \\mathrm{logv}_j - C_{ij} / \\varepsilon,
+.. math::  \log P_{ij} = \mathrm{logu}_i + \mathrm{logv}_j - C_{ij} / \varepsilon,
 
 or a dense plan when the library returns only that (POT's ε-scaling solver).
 
 Conventions mapped (documented in ``docs/benchmarks.md``):
 
-* **GeomLoss** uses :math:`C_G = \\|x - y\\|^2 / 2` and :math:`\\varepsilon_G = \\mathrm{blur}^p`. The same
-  kernel :math:`e^{-C/\\varepsilon}` needs :math:`\\varepsilon_G = \\varepsilon / 2`, i.e.
+* **GeomLoss** uses :math:`C_G = \|x - y\|^2 / 2` and :math:`\varepsilon_G = \mathrm{blur}^p`. The
+  same
+  kernel :math:`e^{-C/\varepsilon}` needs :math:`\varepsilon_G = \varepsilon / 2`, i.e.
   ``blur = sqrt(eps / 2)``; its value and potentials are in half units and are doubled. Its
   ε-scaling runs ONE symmetric Sinkhorn update per ε level from ``diameter^2`` down to ``blur^2``,
-  dividing ε by ``scaling^2`` each time; ``n_iter`` counts those levels (plus the final extrapolation).
+  dividing ε by ``scaling^2`` each time; ``n_iter`` counts those levels (plus the final
+  extrapolation).
 * **POT** gets the cost matrix ``M = C`` and ``reg = eps``; ``sinkhorn2`` returns
-  :math:`\\langle P, C \\rangle` and is differentiated by unrolling (POT's torch backend).
-* **OTT-JAX** uses ``PointCloud`` (its ``SqEuclidean`` is :math:`\\|x - y\\|^2`, no 1/2) with an
+  :math:`\langle P, C \rangle` and is differentiated by unrolling (POT's torch backend).
+* **OTT-JAX** uses ``PointCloud`` (its ``SqEuclidean`` is :math:`\|x - y\|^2`, no 1/2) with an
   ``Epsilon(target=eps, init, decay)`` schedule; its stopping error is evaluated at the target ε,
   so it cannot stop early at a larger one. ``min_iterations`` is NOT used: OTT stores the error as
   inf before it and reads inf as divergence, stopping right there (measured). The value is
@@ -97,11 +99,11 @@ def plan_metrics(
     chunk_entries: int = 1 << 22,
     log_floor: float = -80.0,
 ) -> dict:
-    """L1 marginal errors and transport cost of a plan, in float64.
+    r"""L1 marginal errors and transport cost of a plan, in float64.
 
     The plan is given by its scalings (``("logscale", logu, logv)``) and evaluated in row chunks;
     in 1-D the points are sorted and (row block, column block) pairs whose rigorous upper bound
-    :math:`\\max \\mathrm{logu} + \\max \\mathrm{logv} - \\min C / \\varepsilon` is below
+    :math:`\max \mathrm{logu} + \max \mathrm{logv} - \min C / \varepsilon` is below
     ``log_floor`` are skipped (together they hold less than ``N M e^{-80}`` of mass), which makes
     N = M = 65,536 affordable. A dense ``("plan", P)`` is summed directly.
 
@@ -381,7 +383,7 @@ def _make_prep_sinkmatch(**kwargs):
 
 
 def _prep_sinkmatch_grouped(w: Workload):
-    """sinkmatch.grouped_sinkhorn_loss (list form), the CSS-CCNN++ loss API: value and gradient only."""
+    """sinkmatch.grouped_sinkhorn_loss (list form), the CSS-CCNN++ loss API: value, gradient."""
     from sinkmatch import grouped_sinkhorn_loss
 
     probs = _torch_problems(w)
@@ -666,8 +668,9 @@ def _skip_geomloss(w: Workload) -> str | None:
 def _skip_ott(w: Workload) -> str | None:
     if w.mode == "batch":
         return (
-            "measured while building this harness: vmap over the 64 problems padded to 400 with zero weights "
-            "takes 86 s for the first (jit) call and 58 s per call after, beyond the per-case limit; "
+            "measured while building this harness: vmap over the 64 problems padded to 400 with "
+            "zero weights takes 86 s for the first (jit) call and 58 s per call after, beyond the "
+            "per-case limit; "
             "a loop would compile 64 shapes"
         )
     return None

@@ -1,8 +1,8 @@
-"""Sampling speed of the count priors (pytest-benchmark).
+r"""Sampling speed of the count priors (pytest-benchmark).
 
 Run (machine-readable results with the library versions and machine info in the JSON)::
 
-    python -m pytest benchmarks/bench_priors.py --benchmark-enable -p no:cacheprovider \\
+    python -m pytest benchmarks/bench_priors.py --benchmark-enable -p no:cacheprovider \
         --benchmark-json=benchmarks/results/bench_priors.json
 
 ``extra_info["draws_per_s"]`` holds draws per second (from the median round). CUDA cases run when

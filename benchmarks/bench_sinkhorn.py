@@ -1,9 +1,11 @@
 """Benchmarks of the Sinkhorn solver on the CSS-CCNN workload.
 
 The workload (Babu Sam et al., CSS-CCNN): 1-D points, squared cost, ε = 0.1 in count² units;
-``y`` = 1,568 samples of a truncated power law (α = 2, λ = 0.03, c ≥ 1; values below 1.2
-replaced by U(0, 1.2)), ``x`` = 288 or 1,568 predictions ``clip(0.7 · prior draw + N(0, 1), 0)``
-(exact zeros and ties, a heavy tail). Plain Sinkhorn does not converge there in 1,000 iterations.
+``y`` = 1,568 samples of the ShanghaiTech Part A count prior (:class:`sinkmatch.CountPrior`, a
+truncated power law with α = 2 and its head redistributed), ``x`` = 288 or 1,568 predictions
+``max(0.7 · prior draw + N(0, 1), 0)`` (exact zeros and ties, a heavy tail):
+:func:`benchmarks.workloads.css_pair`. Plain Sinkhorn (zero start, no ε-scaling) needs hundreds of
+iterations there, or does not converge in 1,000 (``benchmarks/results/sinkhorn.csv``).
 
 Run the timed benchmarks (forward + backward)::
 
@@ -29,28 +31,17 @@ import numpy as np
 import pytest
 import torch
 
-from sinkmatch.sinkhorn import sinkhorn
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-
-def power_law_samples(
-    n: int, rng: np.random.Generator, alpha=2.0, lam=0.03, shift=1.2
-) -> np.ndarray:
-    """Truncated power law p(c) ∝ c^-α e^(-λc) on c ≥ 1 by inverse CDF on a fine grid."""
-    grid = np.linspace(1.0, 1.0 + 60.0 / lam, 400_001)
-    pdf = grid ** (-alpha) * np.exp(-lam * grid)
-    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(grid))])
-    cdf /= cdf[-1]
-    s = np.interp(rng.random(n), cdf, grid)
-    low = s < shift
-    s[low] = rng.uniform(0.0, shift, int(low.sum()))
-    return s
+from benchmarks.workloads import css_pair  # noqa: E402
+from sinkmatch import sinkhorn  # noqa: E402
 
 
 def css_workload(n_pred: int = 1568, n_prior: int = 1568, seed: int = 0, dtype=torch.float32):
     """Predictions x (n_pred,) and prior samples y (n_prior,) of the CSS-CCNN loss."""
-    rng = np.random.default_rng(seed)
-    y = power_law_samples(n_prior, rng)
-    x = np.clip(0.7 * power_law_samples(n_pred, rng) + rng.normal(size=n_pred), 0.0, None)
+    x, y = css_pair(n_pred, n_prior, seed=seed)
     return torch.tensor(x, dtype=dtype), torch.tensor(y, dtype=dtype)
 
 
@@ -100,7 +91,8 @@ def iteration_study(writer, threads: int = 1) -> None:
             print(row, flush=True)
 
 
-def _median_seconds(fn, repeats: int = 5) -> float:
+def median_seconds(fn, repeats: int = 5) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
@@ -144,7 +136,7 @@ def grouped_study(writer, threads: int = 1) -> None:
                 config=f"{name}, init={init}",
                 n_iter="",
                 marginal_error="",
-                seconds_fwd_bwd=f"{_median_seconds(lambda fn=fn, init=init: fn(init=init)):.4f}",
+                seconds_fwd_bwd=f"{median_seconds(lambda fn=fn, init=init: fn(init=init)):.4f}",
                 peak_rss_mib="",
             )
             writer.writerow(row)
@@ -171,8 +163,8 @@ def online_halfstep(writer, sizes=(4096, 16384), dims=(1, 3)) -> None:
             def fwd(x=x, y=y, h=h):
                 backend.softmin(0.1, x, y, h, cost)
 
-            fwd = _median_seconds(fwd, repeats=3)
-            both = _median_seconds(fwd_bwd, repeats=3)
+            fwd = median_seconds(fwd, repeats=3)
+            both = median_seconds(fwd_bwd, repeats=3)
             row = dict(
                 study="online_halfstep",
                 n_pred=n,
@@ -188,7 +180,7 @@ def online_halfstep(writer, sizes=(4096, 16384), dims=(1, 3)) -> None:
 
 
 def online_memory(writer, n: int = 16384, max_iter: int = 3) -> None:
-    """Peak resident memory (ru_maxrss, whole process) of an online solve with N = M = n, 3-D points.
+    """Peak resident memory (ru_maxrss, whole process) of an online solve, N = M = n, 3-D points.
 
     One thread: on a loaded 2-core machine a second OpenMP thread waits on a busy core and the
     same solve took 118 s instead of about 5 s.
@@ -211,7 +203,8 @@ def online_memory(writer, n: int = 16384, max_iter: int = 3) -> None:
         n_iter=res.n_iter,
         marginal_error="",
         seconds_fwd_bwd=f"{wall:.3f}",
-        peak_rss_mib=f"{after:.0f} (before: {before:.0f}; a dense float32 cost would be {n * n * 4 / 2**20:.0f})",
+        peak_rss_mib=f"{after:.0f} (before: {before:.0f}; "
+        f"a dense float32 cost would be {n * n * 4 / 2**20:.0f})",
     )
     writer.writerow(row)
     print(row, flush=True)

@@ -343,18 +343,19 @@ def reference_entropic(
     max_iter: int = 20000,
     budget_s: float = 120.0,
 ):
-    """Tightly converged float64 entropic OT (dense): value and d/dx. Independent of sinkmatch.
+    r"""Tightly converged float64 entropic OT (dense): value and d/dx. Independent of sinkmatch.
 
-    ``tol`` (L1 marginal error) 1e-6: measured, the gradient then differs by < 1e-4 (relative) from one at 1e-8,
+    ``tol`` (L1 marginal error) 1e-6: measured, the gradient then differs by < 1e-4 (relative)
+    from one at 1e-8,
     two orders below the 1e-3 convergence threshold of the comparison.
 
     With ``init = (f0, g0)`` (the exact EMD duals) the ε schedule is 8ε, 4ε, 2ε, ε; without, it
     halves ε from the largest cost. At every level two log-domain half-step pairs land the
     potentials, then the scalings iterate on the absorbed kernel
-    :math:`\\tilde K = e^{(f \\oplus g - C)/\\varepsilon}` (matrix-vector products, float64), absorbing
+    :math:`\tilde K = e^{(f \oplus g - C)/\varepsilon}` (matrix-vector products, float64), absorbing
     into (f, g) whenever a scaling leaves [1e-100, 1e100]. The gradient is that of
-    :math:`\\mathrm{OT}_\\varepsilon` at the optimum, :math:`2 (a_i x_i - \\sum_j P_{ij} y_j)` (envelope
-    theorem).
+    :math:`\mathrm{OT}_\varepsilon` at the optimum, :math:`2 (a_i x_i - \sum_j P_{ij} y_j)`
+    (envelope theorem).
 
     Returns:
         (value, (N, D) gradient, final L1 error, iterations).
@@ -626,7 +627,7 @@ def _spawn(spec: dict, timeout: float) -> dict:
 
 
 def _floor_for(floor: dict, entries: int) -> float | None:
-    """Precomputed-cost lse throughput measured at the size closest (in log scale) to ``entries``."""
+    """Precomputed-cost lse throughput measured at the size closest (log scale) to ``entries``."""
     best, best_d = None, math.inf
     for key, val in floor.items():
         kind, n = key.split(":")
@@ -659,7 +660,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--core", type=int, default=None, help="core to pin children to (default: last allowed)"
     )
-    ap.add_argument("--prior", default="auto", choices=["auto", "sinkmatch", "fallback"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--floor-sizes", default=None, help="comma-separated N for the lse floor ('none' to skip)"
@@ -716,7 +716,6 @@ def main(argv: list[str] | None = None) -> int:
         "mem_gb": args.mem_gb,
         "core": core,
         "seed": args.seed,
-        "prior": args.prior,
         "repeats": args.repeats,
     }
     rows: list[dict] = []
@@ -734,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
         el = time.perf_counter() - t_start
         tm = f"{float(full['time_s']):.4g}s" if full["time_s"] not in ("", None) else "-"
         print(
-            f"[{el:6.0f}s] {full['workload']:<24} {full['adapter']:<26} {full['status']:<8} {tm:>10} "
+            f"[{el:6.0f}s] {full['workload']:<24} {full['adapter']:<26} {full['status']:<8} "
+            f"{tm:>10} "
             f"it={full['n_iter']!s:<6} err=({_fmt(full['err_a'])},{_fmt(full['err_b'])}) "
             f"grad={_fmt(full['grad_rel_err'])} {str(full['reason'])[:80]}",
             flush=True,
@@ -799,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
     for wname, adapters in plan:
         if not adapters:
             continue
-        w = make_workload(wname, seed=args.seed, prior=args.prior)
+        w = make_workload(wname, seed=args.seed)
         # Built once here; every child loads these exact arrays.
         data = str(tmpdir / f"{wname}.data.npz")
         save_workload(w, data)

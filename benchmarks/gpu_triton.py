@@ -8,7 +8,7 @@ when the total budget is spent)::
 
 or on a CPU, through Triton's interpreter and at toy sizes, to check that it runs::
 
-    python benchmarks/gpu_triton.py --smoke              # -> benchmarks/results/gpu_triton_smoke.csv
+    python benchmarks/gpu_triton.py --smoke        # -> benchmarks/results/gpu_triton_smoke.csv
 
 What it does, in order:
 
@@ -55,11 +55,11 @@ try:
 except ImportError:  # running from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sinkmatch import sinkhorn
 from sinkmatch.backends.dense import DenseSoftmin
 from sinkmatch.backends.online import OnlineSoftmin
 from sinkmatch.backends.triton import TritonSoftmin
 from sinkmatch.costs import get_cost
-from sinkmatch.sinkhorn import sinkhorn
 
 FIELDS = [
     "timestamp",

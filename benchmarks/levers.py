@@ -1,11 +1,11 @@
-"""How much could kernel truncation buy on the CSS-CCNN 1-D workload? (a measurement, not a solver)
+r"""How much could kernel truncation buy on the CSS-CCNN 1-D workload? (a measurement, not a solver)
 
 Schmitzer's sparse stabilized scaling keeps only the kernel entries
-:math:`\\tilde K_{ij} = e^{(\\tilde f_i + \\tilde g_j - C_{ij})/\\varepsilon} \\ge e^{-\\tau}` around
+:math:`\tilde K_{ij} = e^{(\tilde f_i + \tilde g_j - C_{ij})/\varepsilon} \ge e^{-\tau}` around
 reference potentials. In 1-D, with the exact dual potentials of the sorted problem as references
 (``sinkmatch.exact_1d_potentials``, what ``init="exact1d"`` starts from), the kept entries of each
 row form an interval around the monotone matching; this script measures, per size, the fraction of
-the N x M entries kept for a few truncation levels :math:`\\tau`, i.e. the best speed-up a banded
+the N x M entries kept for a few truncation levels :math:`\tau`, i.e. the best speed-up a banded
 kernel could give per iteration, and the dense work per iteration for comparison.
 
 Rows are assumed unimodal in j (true for c-concave potentials of the squared cost; the widths are
@@ -13,7 +13,8 @@ otherwise lower bounds). The work is vectorized over rows: a binary search per r
 
 Usage::
 
-    python benchmarks/levers.py [--sizes 1568,16384,65536] [--out benchmarks/results/levers_band.csv]
+    python benchmarks/levers.py [--sizes 1568,16384,65536] \
+        [--out benchmarks/results/levers_band.csv]
 """
 
 from __future__ import annotations

@@ -158,7 +158,10 @@ def bars(rows: list[dict]) -> list[dict]:
             own = _get(rows, wl, "exact:sinkmatch")
             note = ""
             if own and own["ok"] and own is not ex:
-                note = f"vs sinkmatch.wasserstein_1d ({_fmt_t(own['time_s'])}): {sm['time_s'] / own['time_s']:.3g}×"
+                note = (
+                    f"vs sinkmatch.wasserstein_1d ({_fmt_t(own['time_s'])}): "
+                    f"{sm['time_s'] / own['time_s']:.3g}×"
+                )
             add(
                 f"{label}: converged, ≤ 20× exact sort",
                 "≤ 20×",
@@ -389,9 +392,9 @@ def bars(rows: list[dict]) -> list[dict]:
                 ]
                 if dense:
                     r = dense[0]
-                    ratios.append(
-                        f"{wl.replace('gauss-', '')}: {(r['time_s'] / r['n_iter']) / (2 * r['n'] * r['m'] / rate):.3g}×"
-                    )
+                    per_iter = r["time_s"] / r["n_iter"]
+                    floor = 2 * r["n"] * r["m"] / rate
+                    ratios.append(f"{wl.replace('gauss-', '')}: {per_iter / floor:.3g}×")
             extra = (
                 (
                     "; vs the stricter kernel matrix-vector floor (K @ v, "
@@ -406,8 +409,8 @@ def bars(rows: list[dict]) -> list[dict]:
             "≤ 2×",
             meas,
             ok,
-            "time per iteration = fwd+bwd time / iterations; floor = 2 N M / (one core's torch.logsumexp entries/s)"
-            + extra,
+            "time per iteration = fwd+bwd time / iterations; "
+            "floor = 2 N M / (one core's torch.logsumexp entries/s)" + extra,
         )
     else:
         add(
@@ -457,9 +460,11 @@ def md_facts(rows) -> str:
     prior = sorted({r["prior_source"] for r in rows if r.get("prior_source")})
     return "\n".join(
         [
-            f"- date (UTC): {r0['date_utc']}; CPU: {r0['cpu']} (children pinned to one core, 1 thread)",
-            f"- python {r0['python']}, torch {r0['torch']}, numpy {r0['numpy']}, POT {r0['ot']}, GeomLoss {r0['geomloss']}, "
-            f"jax {r0['jax']}, OTT-JAX {r0['ott']}, pykeops {r0['pykeops']}, sinkmatch {r0['sinkmatch']}",
+            f"- date (UTC): {r0['date_utc']}; CPU: {r0['cpu']} "
+            "(children pinned to one core, 1 thread)",
+            f"- python {r0['python']}, torch {r0['torch']}, numpy {r0['numpy']}, POT {r0['ot']}, "
+            f"GeomLoss {r0['geomloss']}, jax {r0['jax']}, OTT-JAX {r0['ott']}, "
+            f"pykeops {r0['pykeops']}, sinkmatch {r0['sinkmatch']}",
             f"- KeOps: {keops['reason'] if keops else 'not probed'}",
             f"- count prior used for the CSS workloads: {', '.join(prior) or 'n/a'}",
             f"- log-sum-exp floor (one core, float32): {fl or 'not measured'}",
@@ -487,11 +492,13 @@ def md_tables(rows) -> str:
         rs = by_wl[wl]
         r0 = rs[0]
         parts.append(
-            f"#### {wl} (N = {int(r0['n'] or 0):,}, M = {int(r0['m'] or 0):,}, D = {int(r0['d'] or 0)}, "
+            f"#### {wl} (N = {int(r0['n'] or 0):,}, M = {int(r0['m'] or 0):,}, "
+            f"D = {int(r0['d'] or 0)}, "
             f"{int(r0['problems'] or 0)} problem(s), ε = {_e(r0['eps'], '{:.4g}')})\n"
         )
         parts.append(
-            "| library:variant | status | time fwd+bwd | iters | time/iter ÷ floor | peak RSS MB | L1 err a | L1 err b | converged | cost rel. err | grad rel. err |"
+            "| library:variant | status | time fwd+bwd | iters | time/iter ÷ floor | peak RSS MB "
+            "| L1 err a | L1 err b | converged | cost rel. err | grad rel. err |"
         )
         parts.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rs:
@@ -504,8 +511,9 @@ def md_tables(rows) -> str:
                     else ("yes" if r["converged"] else "no")
                 )
                 parts.append(
-                    f"| {r['adapter']} | ok | {_fmt_t(r['time_s'])} | {_e(r['n_iter'], '{:.0f}')} | {_e(r['floor_ratio'], '{:.3g}')} "
-                    f"| {_e(r['peak_rss_mb'], '{:.0f}')} | {_e(r['err_a'])} | {_e(r['err_b'])} | {conv} "
+                    f"| {r['adapter']} | ok | {_fmt_t(r['time_s'])} | {_e(r['n_iter'], '{:.0f}')} "
+                    f"| {_e(r['floor_ratio'], '{:.3g}')} | {_e(r['peak_rss_mb'], '{:.0f}')} "
+                    f"| {_e(r['err_a'])} | {_e(r['err_b'])} | {conv} "
                     f"| {_e(r['cost_rel_err'])} | {_e(r['grad_rel_err'])} |"
                 )
             else:
@@ -517,7 +525,7 @@ def md_tables(rows) -> str:
 
 
 def md_levers(rows, band_path: Path) -> str:
-    """Numbers behind the unmet bars: per-iteration cost at the large sizes and the banding bound."""
+    """Numbers behind the unmet bars: per-iteration cost at large sizes and the banding bound."""
     out = []
     for wl in ("css1d-4096", "css1d-16384", "css1d-65536"):
         cands = [
@@ -530,10 +538,12 @@ def md_levers(rows, band_path: Path) -> str:
                 per = r["time_s"] / r["n_iter"]
                 rate = 2 * r["n"] * r["m"] / per
                 out.append(
-                    f"- {wl}, {r['adapter']}: {_fmt_t(r['time_s'])} for {r['n_iter']:.0f} iterations = "
+                    f"- {wl}, {r['adapter']}: {_fmt_t(r['time_s'])} for "
+                    f"{r['n_iter']:.0f} iterations = "
                     f"{_fmt_t(per)} per iteration ({rate:.3g} kernel entries/s"
                     + (f", {r['floor_ratio']:.3g}× the lse floor" if r["floor_ratio"] else "")
-                    + f"); converged: {'yes' if r['converged'] else 'no'}; peak RSS {r['peak_rss_mb']:.0f} MB."
+                    + f"); converged: {'yes' if r['converged'] else 'no'}; "
+                    + f"peak RSS {r['peak_rss_mb']:.0f} MB."
                 )
             else:
                 mem = (
@@ -548,14 +558,17 @@ def md_levers(rows, band_path: Path) -> str:
         mv = [r for r in floors.values() if r["adapter"].endswith("matvec")]
         n16 = 16384**2
         line = (
-            f"- Dense work at N = M = 16,384: one iteration is 2 × 16,384² = {2 * n16:.3g} kernel entries; at the "
-            f"measured lse floor ({big['entries_per_s']:.3g} entries/s at {int(big['n'])}²) that is "
+            "- Dense work at N = M = 16,384: one iteration is "
+            f"2 × 16,384² = {2 * n16:.3g} kernel entries; at the "
+            f"measured lse floor ({big['entries_per_s']:.3g} entries/s at "
+            f"{int(big['n'])}²) that is "
             f"{2 * n16 / big['entries_per_s']:.3g} s per iteration"
         )
         if mv:
             m = max(mv, key=lambda r: r["n"] or 0)
             line += (
-                f", and {2 * n16 / m['entries_per_s']:.3g} s with kernel-domain matrix-vector products "
+                f", and {2 * n16 / m['entries_per_s']:.3g} s with kernel-domain "
+                "matrix-vector products "
                 f"({m['entries_per_s']:.3g} entries/s)"
             )
         out.append(line + ": under 1 s leaves room for only a handful of dense iterations.")
@@ -563,10 +576,11 @@ def md_levers(rows, band_path: Path) -> str:
         with band_path.open(newline="") as fh:
             band = list(csv.DictReader(fh))
         out.append("")
+        shown = band_path.relative_to(ROOT) if band_path.is_relative_to(ROOT) else band_path
         out.append(
             "Kernel truncation around the exact 1-D duals (`benchmarks/levers.py`, "
-            f"`{band_path.relative_to(ROOT) if band_path.is_relative_to(ROOT) else band_path}`): fraction of the "
-            "N × M entries with (f₀ᵢ + g₀ⱼ − Cᵢⱼ)/ε ≥ −τ, i.e. the best per-iteration saving of a banded kernel.\n"
+            f"`{shown}`): fraction of the N × M entries with (f₀ᵢ + g₀ⱼ − Cᵢⱼ)/ε ≥ −τ, "
+            "i.e. the best per-iteration saving of a banded kernel.\n"
         )
         out.append("| N = M | τ | kept fraction | max speed-up | mean row width |")
         out.append("|---|---|---|---|---|")

@@ -1,7 +1,7 @@
-"""Workloads for the comparison benchmarks (``benchmarks/compare.py``).
+r"""Workloads for the comparison benchmarks (``benchmarks/compare.py``).
 
 Every workload is a list of balanced optimal-transport problems with the squared cost
-:math:`C(x, y) = \\|x - y\\|^2` and uniform weights, plus a *mode* that says how sinkmatch solves
+:math:`C(x, y) = \|x - y\|^2` and uniform weights, plus a *mode* that says how sinkmatch solves
 them: ``"single"`` (one problem), ``"groups"`` (the CSS-CCNN++ percentile groups, one grouped call,
 loss = sum over groups) or ``"batch"`` (a ragged batch, one padded call, loss = sum over problems).
 Anchor libraries that have no grouped/ragged call solve the problems one after the other.
@@ -11,10 +11,10 @@ bit-for-bit from its name and seed):
 
 ``css1d-N`` / ``css1d-NxM``
     The CSS-CCNN workload on the line: ``y`` = samples of the ShanghaiTech Part A count prior
-    (truncated power law, :math:`\\alpha = 2`, :math:`\\lambda` from :math:`C_{f,\\max} = 3000`,
-    482 images, head redistribution), ``x = max(0.7 \\cdot y' + \\mathcal{N}(0, 1), 0)`` with ``y'``
-    another prior draw: many exact zeros (ties) and a heavy tail. :math:`\\varepsilon = 0.1`
-    count\\ :sup:`2` (largest cost / :math:`\\varepsilon \\approx 10^5`).
+    (truncated power law, :math:`\alpha = 2`, :math:`\lambda` from :math:`C_{f,\max} = 3000`,
+    482 images, head redistribution), ``x = max(0.7 \cdot y' + \mathcal{N}(0, 1), 0)`` with ``y'``
+    another prior draw: many exact zeros (ties) and a heavy tail. :math:`\varepsilon = 0.1`
+    count\ :sup:`2` (largest cost / :math:`\varepsilon \approx 10^5`).
 ``cssgroups-NxM``
     The CSS-CCNN++ shapes (288 predicted cells vs 1,568 prior samples by default), split into two
     percentile groups: cells below the 30th percentile of a pseudo density are matched to prior
@@ -25,19 +25,16 @@ bit-for-bit from its name and seed):
     ``B`` independent CSS problems with ``N_k, M_k`` uniform in [50, 400].
 ``gauss-dD-nN-eR``
     Two Gaussian clouds in ``D`` dimensions (``x ~ N(0, I)``, ``y ~ N(mu, diag(s^2))`` with a
-    shifted mean and anisotropic scales), :math:`\\varepsilon = R \\times` the median cost.
+    shifted mean and anisotropic scales), :math:`\varepsilon = R \times` the median cost.
 
-The count prior comes from :class:`sinkmatch.CountPrior`. ``prior="fallback"`` uses a small
-stand-alone sampler of the same law (rejection from a shifted exponential, then the head
-redistribution) so that the harness can be exercised before :mod:`sinkmatch.priors` exists; the
-CSV records which one was used (``prior_source``).
+The count prior comes from :class:`sinkmatch.CountPrior` (the CSV's ``prior_source`` column says
+``sinkmatch``; ``none`` for the Gaussian clouds).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
@@ -45,12 +42,6 @@ CSS_EPS = 0.1
 CSS_MAX_COUNT = 3000.0
 CSS_NUM_IMAGES = 482
 CSS_ALPHA = 2.0
-# Fallback prior constants (normalized-CDF values for Cf_max = 3000, see
-# shared/ORIGINAL-IMPLEMENTATION.md): lambda and the head-redistribution threshold.
-_FALLBACK_LAMBDA = 0.030
-_FALLBACK_THRESHOLD = 1.21
-
-PriorSource = Literal["auto", "sinkmatch", "fallback"]
 
 
 @dataclass
@@ -84,7 +75,7 @@ class Problem:
 
 @dataclass
 class Workload:
-    """A named list of problems sharing one :math:`\\varepsilon`.
+    r"""A named list of problems sharing one :math:`\varepsilon`.
 
     Attributes:
         name: The spec string (``css1d-1568``, ``cssgroups-288x1568``, ...).
@@ -93,7 +84,7 @@ class Workload:
         eps: Entropic regularization in cost units.
         problems: The problems.
         seed: The seed the workload was built from.
-        prior_source: ``"sinkmatch"``, ``"fallback"`` or ``"none"`` (Gaussian clouds).
+        prior_source: ``"sinkmatch"`` (the count prior) or ``"none"`` (Gaussian clouds).
         info: Free-form extra facts (e.g. the median cost), written to the CSV notes.
     """
 
@@ -133,61 +124,28 @@ class Workload:
 # ----------------------------------------------------------------------------------------------
 
 
-def _fallback_prior(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Truncated power law p(x) ~ x^-alpha exp(-lambda x) on [1, inf), head redistributed."""
-    out = np.empty(0)
-    while out.size < n:
-        k = max(4 * (n - out.size), 1024)
-        prop = 1.0 + rng.exponential(1.0 / _FALLBACK_LAMBDA, size=k)
-        keep = rng.random(k) < prop ** (-CSS_ALPHA)
-        out = np.concatenate([out, prop[keep]])
-    out = out[:n]
-    head = out < _FALLBACK_THRESHOLD
-    out[head] = rng.uniform(0.0, _FALLBACK_THRESHOLD, size=int(head.sum()))
-    return out
+def prior_samples(n: int, *, seed: int) -> np.ndarray:
+    """``n`` samples of the CSS-CCNN Part A count prior (float32 draws, as float64) from a seed."""
+    import torch
+
+    from sinkmatch.priors import CountPrior
+
+    law = CountPrior.from_max_count(CSS_MAX_COUNT, num_images=CSS_NUM_IMAGES, alpha=CSS_ALPHA)
+    s = law.sample(n, generator=torch.Generator().manual_seed(seed))
+    return np.asarray(s.numpy(), dtype=np.float64).reshape(n)
 
 
-def prior_samples(n: int, *, seed: int, prior: PriorSource = "auto") -> tuple[np.ndarray, str]:
-    """Samples of the CSS-CCNN Part A count prior.
+def css_pair(n: int, m: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The CSS-CCNN pair: predictions ``x`` (n,) and prior samples ``y`` (m,), float32.
 
-    Args:
-        n: Number of samples.
-        seed: Seed of the ``torch.Generator`` (sinkmatch) or ``numpy`` generator (fallback).
-        prior: ``"sinkmatch"`` (requires :mod:`sinkmatch.priors`), ``"fallback"``, or ``"auto"``
-            (sinkmatch when importable).
-
-    Returns:
-        ((n,) float64 ndarray, str): The samples and the source actually used.
+    ``x = max(0.7 y' + N(0, 1), 0)`` with ``y'`` another prior draw: many exact zeros (ties) and
+    a heavy tail.
     """
-    if prior not in ("auto", "sinkmatch", "fallback"):
-        raise ValueError(f"prior must be 'auto', 'sinkmatch' or 'fallback'; got {prior!r}")
-    if prior != "fallback":
-        try:
-            import torch
-
-            from sinkmatch.priors import CountPrior
-        except ImportError:
-            if prior == "sinkmatch":
-                raise
-        else:
-            law = CountPrior.from_max_count(
-                CSS_MAX_COUNT, num_images=CSS_NUM_IMAGES, alpha=CSS_ALPHA
-            )
-            gen = torch.Generator().manual_seed(seed)
-            s = law.sample(n, generator=gen)
-            return np.asarray(s.detach().cpu().numpy(), dtype=np.float64).reshape(n), "sinkmatch"
-    return _fallback_prior(n, np.random.default_rng(seed)), "fallback"
-
-
-def css_pair(
-    n: int, m: int, *, seed: int, prior: PriorSource = "auto"
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """The CSS-CCNN pair: predictions ``x`` (n,) and prior samples ``y`` (m,), float32."""
-    y, src = prior_samples(m, seed=2 * seed + 1, prior=prior)
-    x_base, _ = prior_samples(n, seed=2 * seed + 2, prior=src)
+    y = prior_samples(m, seed=2 * seed + 1)
+    x_base = prior_samples(n, seed=2 * seed + 2)
     noise = np.random.default_rng(seed + 7919).standard_normal(n)
     x = np.maximum(0.7 * x_base + noise, 0.0)
-    return x.astype(np.float32), y.astype(np.float32), src
+    return x.astype(np.float32), y.astype(np.float32)
 
 
 def _uniform(k: int) -> np.ndarray:
@@ -203,13 +161,13 @@ def _problem_1d(x: np.ndarray, y: np.ndarray) -> Problem:
 # ----------------------------------------------------------------------------------------------
 
 
-def css1d(n: int, m: int | None = None, *, seed: int = 0, prior: PriorSource = "auto") -> Workload:
+def css1d(n: int, m: int | None = None, *, seed: int = 0) -> Workload:
     """The CSS-CCNN workload on the line, one problem of shape (n, m)."""
     m = n if m is None else m
-    x, y, src = css_pair(n, m, seed=seed, prior=prior)
+    x, y = css_pair(n, m, seed=seed)
     name = f"css1d-{n}" if n == m else f"css1d-{n}x{m}"
     info = {"zeros_in_x": float(np.mean(x == 0)), "max_cost_over_eps": _max_cost_1d(x, y) / CSS_EPS}
-    return Workload(name, "css1d", "single", CSS_EPS, [_problem_1d(x, y)], seed, src, info)
+    return Workload(name, "css1d", "single", CSS_EPS, [_problem_1d(x, y)], seed, "sinkmatch", info)
 
 
 def css_groups(
@@ -218,10 +176,9 @@ def css_groups(
     *,
     quantile: float = 0.3,
     seed: int = 0,
-    prior: PriorSource = "auto",
 ) -> Workload:
     """CSS-CCNN++: two percentile groups (sparse / dense) of an (n, m) CSS problem."""
-    x, y, src = css_pair(n, m, seed=seed, prior=prior)
+    x, y = css_pair(n, m, seed=seed)
     pseudo = x + np.random.default_rng(seed + 104729).standard_normal(n).astype(np.float32)
     sparse_x = pseudo < np.quantile(pseudo, quantile)
     sparse_y = y < np.quantile(y, quantile)
@@ -230,22 +187,21 @@ def css_groups(
         _problem_1d(x[~sparse_x], y[~sparse_y]),
     ]
     info = {"group_sizes": [(p.n, p.m) for p in problems], "quantile": quantile}
-    return Workload(f"cssgroups-{n}x{m}", "cssgroups", "groups", CSS_EPS, problems, seed, src, info)
+    return Workload(
+        f"cssgroups-{n}x{m}", "cssgroups", "groups", CSS_EPS, problems, seed, "sinkmatch", info
+    )
 
 
-def ragged(
-    num: int = 64, *, low: int = 50, high: int = 400, seed: int = 0, prior: PriorSource = "auto"
-) -> Workload:
+def ragged(num: int = 64, *, low: int = 50, high: int = 400, seed: int = 0) -> Workload:
     """A ragged batch of ``num`` CSS problems with ``N_k, M_k`` uniform in [low, high]."""
     rng = np.random.default_rng(seed + 15485863)
     sizes = rng.integers(low, high + 1, size=(num, 2))
     problems = []
-    src = prior
     for k, (n, m) in enumerate(sizes):
-        x, y, src = css_pair(int(n), int(m), seed=1000 * (seed + 1) + k, prior=src)
+        x, y = css_pair(int(n), int(m), seed=1000 * (seed + 1) + k)
         problems.append(_problem_1d(x, y))
     info = {"sizes_min": int(sizes.min()), "sizes_max": int(sizes.max())}
-    return Workload(f"ragged-{num}", "ragged", "batch", CSS_EPS, problems, seed, src, info)
+    return Workload(f"ragged-{num}", "ragged", "batch", CSS_EPS, problems, seed, "sinkmatch", info)
 
 
 def gaussian_clouds(
@@ -283,7 +239,7 @@ _PATTERNS = [
 ]
 
 
-def make_workload(name: str, *, seed: int = 0, prior: PriorSource = "auto") -> Workload:
+def make_workload(name: str, *, seed: int = 0) -> Workload:
     """Build a workload from its name (see the module docstring for the grammar).
 
     Raises:
@@ -295,11 +251,11 @@ def make_workload(name: str, *, seed: int = 0, prior: PriorSource = "auto") -> W
             continue
         g = mt.groups()
         if family == "css1d":
-            return css1d(int(g[0]), int(g[1]) if g[1] else None, seed=seed, prior=prior)
+            return css1d(int(g[0]), int(g[1]) if g[1] else None, seed=seed)
         if family == "cssgroups":
-            return css_groups(int(g[0]), int(g[1]), seed=seed, prior=prior)
+            return css_groups(int(g[0]), int(g[1]), seed=seed)
         if family == "ragged":
-            return ragged(int(g[0]), seed=seed, prior=prior)
+            return ragged(int(g[0]), seed=seed)
         return gaussian_clouds(
             int(g[1]), int(g[0]), m=int(g[2]) if g[2] else None, eps_rel=float(g[3]), seed=seed
         )
@@ -317,19 +273,19 @@ def make_workload(name: str, *, seed: int = 0, prior: PriorSource = "auto") -> W
 def exact_1d(
     x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray
 ) -> tuple[float, np.ndarray]:
-    """Exact W2^2 on the line and its gradient with respect to ``x``, float64.
+    r"""Exact W2^2 on the line and its gradient with respect to ``x``, float64.
 
     The monotone (north-west corner) coupling of the sorted points is optimal. Tied ``x`` values
     are merged first, so a tie group shares the average of the targets it is coupled to: the
     gradient returned is :math:`2 a_i (x_i - T(x_i))` with :math:`T` the barycentric map of that
-    coupling, which is also the :math:`\\varepsilon \\to 0` limit of the entropic gradient (a
+    coupling, which is also the :math:`\varepsilon \to 0` limit of the entropic gradient (a
     tie-breaking sort would instead give each tied point a different, arbitrary target).
 
     Args:
         x ((N,) ndarray), y ((M,) ndarray), a ((N,) ndarray), b ((M,) ndarray): The problem.
 
     Returns:
-        (float, (N,) ndarray): :math:`W_2^2` and :math:`\\partial W_2^2 / \\partial x`.
+        (float, (N,) ndarray): :math:`W_2^2` and :math:`\partial W_2^2 / \partial x`.
     """
     x = np.asarray(x, np.float64).ravel()
     y = np.asarray(y, np.float64).ravel()

@@ -36,8 +36,11 @@ _EXPORTS: dict[str, str] = {
     "Comparison": "sinkmatch.priors.fit",
     # costs and solver
     "get_cost": "sinkmatch.costs",
-    "SinkhornResult": "sinkmatch.sinkhorn",
-    "sinkhorn": "sinkmatch.sinkhorn",
+    "PowerCost": "sinkmatch.costs",
+    "SqEuclidean": "sinkmatch.costs",
+    "Euclidean": "sinkmatch.costs",
+    "SinkhornResult": "sinkmatch.solver",
+    "sinkhorn": "sinkmatch.solver",
     # exact 1-D
     "wasserstein_1d": "sinkmatch.exact1d",
     "exact_1d_potentials": "sinkmatch.exact1d",

@@ -1,13 +1,13 @@
-"""Exact optimal transport on the line, by sorting.
+r"""Exact optimal transport on the line, by sorting.
 
-For two probability measures :math:`\\alpha = \\sum_i a_i \\delta_{x_i}` and
-:math:`\\beta = \\sum_j b_j \\delta_{y_j}` on :math:`\\mathbb{R}` and the cost
-:math:`C(x, y) = |x - y|^p` with :math:`p \\ge 1`, the monotone (north-west corner) coupling of
+For two probability measures :math:`\alpha = \sum_i a_i \delta_{x_i}` and
+:math:`\beta = \sum_j b_j \delta_{y_j}` on :math:`\mathbb{R}` and the cost
+:math:`C(x, y) = |x - y|^p` with :math:`p \ge 1`, the monotone (north-west corner) coupling of
 the sorted points is optimal and
 
 .. math::
 
-    W_p^p(\\alpha, \\beta) = \\int_0^1 |F^{-1}(t) - G^{-1}(t)|^p \\, dt,
+    W_p^p(\alpha, \beta) = \int_0^1 |F^{-1}(t) - G^{-1}(t)|^p \, dt,
 
 with :math:`F^{-1}, G^{-1}` the quantile functions. Both are piecewise constant, with breaks at the
 cumulative weights; merging the two sets of breaks turns the integral into a finite sum. Everything
@@ -31,14 +31,20 @@ Example:
 
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from sinkmatch._checks import as_weights, check_finite, check_same_device, compute_dtype
+from sinkmatch._checks import (
+    as_weights,
+    check_choice,
+    check_finite,
+    check_float_tensor,
+    check_real,
+    check_same_device,
+    compute_dtype,
+)
 
 __all__ = ["DualPotentials", "exact_1d_potentials", "wasserstein_1d"]
 
@@ -57,21 +63,9 @@ class DualPotentials(NamedTuple):
     g: Tensor
 
 
-def _check_p(p: object) -> float:
-    if isinstance(p, bool) or not isinstance(p, Real):
-        raise TypeError(f"p must be a real number >= 1, got {type(p).__name__} {p!r}")
-    value = float(p)
-    if not math.isfinite(value) or value < 1:
-        raise ValueError(f"p must be finite and >= 1 (|x - y|^p is then convex), got {p!r}")
-    return value
-
-
 def _as_line_points(x: object, name: str) -> tuple[Tensor, bool]:
     """``(N,)``, ``(B, N)`` or ``(B, N, 1)`` -> ``((B, N) Tensor, batched)``."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got dtype={x.dtype}")
+    x = check_float_tensor(name, x)
     if x.ndim == 1:
         out, batched = x[None], False
     elif x.ndim == 2:
@@ -85,7 +79,7 @@ def _as_line_points(x: object, name: str) -> tuple[Tensor, bool]:
         )
     if out.shape[-1] == 0:
         raise ValueError(f"{name} must hold at least one point, got shape {tuple(x.shape)}")
-    check_finite(out, name)
+    check_finite(name, out)
     return out, batched
 
 
@@ -134,24 +128,24 @@ def wasserstein_1d(
     *,
     p: float = 2,
 ) -> Tensor:
-    """Exact :math:`W_p^p` between weighted point sets on the line.
+    r"""Exact :math:`W_p^p` between weighted point sets on the line.
 
     .. math::
 
-        W_p^p = \\int_0^1 |F^{-1}(t) - G^{-1}(t)|^p \\, dt
-              = \\sum_k (t_k - t_{k-1}) \\, |x_{i(k)} - y_{j(k)}|^p,
+        W_p^p = \int_0^1 |F^{-1}(t) - G^{-1}(t)|^p \, dt
+              = \sum_k (t_k - t_{k-1}) \, |x_{i(k)} - y_{j(k)}|^p,
 
-    where :math:`t_1 \\le t_2 \\le \\dots` are the merged cumulative weights of both sides and
+    where :math:`t_1 \le t_2 \le \dots` are the merged cumulative weights of both sides and
     :math:`i(k), j(k)` the sorted points whose quantile intervals contain :math:`(t_{k-1}, t_k]`.
 
     Gradients: with respect to the positions, the gradient is the exact one,
-    :math:`\\partial W / \\partial x_i = \\sum_j P_{ij} \\, \\partial_x |x_i - y_j|^p` for the monotone
+    :math:`\partial W / \partial x_i = \sum_j P_{ij} \, \partial_x |x_i - y_j|^p` for the monotone
     plan :math:`P` (between tied points the split of the gradient follows the stable sort order).
     With respect to the weights the value is piecewise linear in the cumulative weights, and
     autograd returns its gradient wherever no cumulative weight of ``a`` coincides with one of
     ``b`` (elsewhere a one-sided derivative). Weights are normalized per problem first, so that
     gradient is orthogonal to ``a`` (it equals the centred dual potential
-    :math:`f_i - \\langle a, f \\rangle` when the potentials are unique).
+    :math:`f_i - \langle a, f \rangle` when the potentials are unique).
 
     Args:
         x ((N,), (B, N) or (B, N, 1) Tensor): Source points. A 2-D tensor is a batch of problems.
@@ -176,7 +170,7 @@ def wasserstein_1d(
         >>> wasserstein_1d(x, x + 0.5, p=1)
         tensor([0.5000])
     """
-    p = _check_p(p)
+    p = check_real("p", p, ge=1)  # |x - y|^p is then convex
     xs, ys, a_s, b_s, _, _, batched = _prepare(x, y, a, b)
     n, m = xs.shape[-1], ys.shape[-1]
     cu = torch.cumsum(a_s, dim=-1)
@@ -248,43 +242,44 @@ def exact_1d_potentials(
     p: float = 2,
     ties: str = "down",
 ) -> DualPotentials:
-    """Exact Kantorovich dual potentials for the cost :math:`|x - y|^p` on the line.
+    r"""Exact Kantorovich dual potentials for the cost :math:`|x - y|^p` on the line.
 
     Returns :math:`(f, g)` with
 
-    * feasibility: :math:`f_i + g_j \\le |x_i - y_j|^p` for **every** pair ``(i, j)``, zero-weight
+    * feasibility: :math:`f_i + g_j \le |x_i - y_j|^p` for **every** pair ``(i, j)``, zero-weight
       points included;
     * tightness: equality wherever the monotone optimal plan carries mass, hence
-      :math:`\\sum_i a_i f_i + \\sum_j b_j g_j = W_p^p` (as returned by :func:`wasserstein_1d`).
+      :math:`\sum_i a_i f_i + \sum_j b_j g_j = W_p^p` (as returned by :func:`wasserstein_1d`).
 
     Construction. Sort both sides and walk the north-west-corner staircase of the monotone plan:
-    the cells :math:`(i_k, j_k)`, :math:`k = 0, \\dots, N + M - 2`, obtained by merging the
-    cumulative weights :math:`A_0, \\dots, A_{N-2}` (a step down, ``i += 1``) and
-    :math:`B_0, \\dots, B_{M-2}` (a step right, ``j += 1``); ties step down first. Every positive
+    the cells :math:`(i_k, j_k)`, :math:`k = 0, \dots, N + M - 2`, obtained by merging the
+    cumulative weights :math:`A_0, \dots, A_{N-2}` (a step down, ``i += 1``) and
+    :math:`B_0, \dots, B_{M-2}` (a step right, ``j += 1``); ties step down first. Every positive
     cell of the plan lies on the staircase, zero-weight points become zero-mass cells of it. On the
     staircase the constraints are made tight, which fixes the potentials by a cumulative sum:
 
     .. math::
 
-        f_{i_k} - f_{i_{k-1}} = C(x_{i_k}, y_{j_k}) - C(x_{i_k - 1}, y_{j_k}) \\text{ on a step down},
-        \\qquad g_{j_k} = C(x_{i_k}, y_{j_k}) - f_{i_k}.
+        f_{i_k} - f_{i_{k-1}} = C(x_{i_k}, y_{j_k}) - C(x_{i_k - 1}, y_{j_k})
+            \text{ on a step down},
+        \qquad g_{j_k} = C(x_{i_k}, y_{j_k}) - f_{i_k}.
 
     For :math:`p = 2` this integrates :math:`f'(x) = 2(x - T(x))` with :math:`T` the (piecewise
     constant) monotone map. Because :math:`|x - y|^p` is convex in :math:`x - y`, the cost matrix of
     sorted points is a Monge matrix, and the reduced cost of any cell off the staircase is a sum of
-    Monge differences, hence :math:`\\ge 0`: the pair is feasible everywhere, for every staircase
+    Monge differences, hence :math:`\ge 0`: the pair is feasible everywhere, for every staircase
     (so ties and rounding in the cumulative sums cannot break feasibility).
 
     Zero-weight points: a zero-weight point whose quantile level lies strictly inside (0, 1)
     (i.e. with positive mass on both sides of it) is tight against a positive-weight partner, so
-    its value is the c-transform over the support, :math:`f_i = \\min_{j: b_j > 0} C_{ij} - g_j`
+    its value is the c-transform over the support, :math:`f_i = \min_{j: b_j > 0} C_{ij} - g_j`
     (the ε → 0 limit of the Sinkhorn update at that point). Zero-weight points before the first or
     after the last unit of mass keep their staircase value, which is feasible against all points
     but may lie below that c-transform. (Feasibility for all pairs and the c-transform for all
     zero-weight points cannot both hold in general.)
 
     Gauge: potentials are unique at best up to :math:`(f + c, g - c)`; the returned pair has
-    :math:`\\sum_i a_i f_i = \\sum_j b_j g_j = W_p^p / 2`.
+    :math:`\sum_i a_i f_i = \sum_j b_j g_j = W_p^p / 2`.
 
     Args:
         x ((N,), (B, N) or (B, N, 1) Tensor): Source points. A 2-D tensor is a batch of problems.
@@ -310,7 +305,8 @@ def exact_1d_potentials(
         differentiable functions of the positions, but meant to be used detached (warm start).
 
     Raises:
-        TypeError, ValueError: As :func:`wasserstein_1d`, or an unknown ``ties``.
+        TypeError: As :func:`wasserstein_1d` (non-tensor or non-floating inputs).
+        ValueError: As :func:`wasserstein_1d`, or an unknown ``ties``.
 
     Example:
         >>> import torch
@@ -320,9 +316,8 @@ def exact_1d_potentials(
         >>> float((f.mean() + g.mean()) - wasserstein_1d(x, y))  # tight
         0.0
     """
-    p = _check_p(p)
-    if ties not in _TIES:
-        raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
+    p = check_real("p", p, ge=1)  # |x - y|^p is then convex
+    check_choice("ties", ties, _TIES)
     xs, ys, a_s, b_s, ix, iy, batched = _prepare(x, y, a, b)
     cu = torch.cumsum(a_s, dim=-1)
     cv = torch.cumsum(b_s, dim=-1)

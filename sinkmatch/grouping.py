@@ -23,13 +23,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from numbers import Real
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from sinkmatch._checks import check_finite
+from sinkmatch._checks import (
+    check_choice,
+    check_finite,
+    check_float_tensor,
+    check_int,
+    check_positive_int,
+    check_real,
+)
 
 __all__ = ["PackedGroups", "PercentileSplit", "pack_groups", "percentile_split"]
 
@@ -104,10 +110,7 @@ class PercentileSplit(NamedTuple):
 
 def _as_point_rows(x: object, name: str) -> Tensor:
     """(N,) or (N, D) floating tensor -> (N, D)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got dtype={x.dtype}")
+    x = check_float_tensor(name, x)
     if x.ndim == 1:
         return x[:, None]
     if x.ndim == 2:
@@ -128,13 +131,70 @@ def _check_ids(groups: object, n: int, num_groups: int | None) -> tuple[Tensor, 
     if n and int(ids.min()) < 0:
         raise ValueError(f"groups must be >= 0, got min {int(ids.min())}")
     largest = int(ids.max()) if n else -1
+    num_groups = check_int("num_groups", num_groups, ge=0, none_ok=True)
     if num_groups is None:
         num_groups = largest + 1
-    elif isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 0:
-        raise ValueError(f"num_groups must be a nonnegative int or None, got {num_groups!r}")
     elif largest >= num_groups:
         raise ValueError(f"groups must be < num_groups={num_groups}, got max {largest}")
     return ids, num_groups
+
+
+def _id_form(values: Tensor, weights, groups, num_groups):
+    """The id form: ``(x (N, D), ids (N,), G, weights or None, index in the input (N,))``."""
+    if groups is None:
+        raise ValueError(
+            "pack_groups(values=Tensor) needs groups= (one id per point); pass a list of "
+            "tensors for the list form"
+        )
+    x = _as_point_rows(values, "values")
+    ids, num_groups = _check_ids(groups, x.shape[0], num_groups)
+    if weights is not None and not isinstance(weights, Tensor):
+        raise TypeError(f"weights must be a Tensor in the id form, got {type(weights).__name__}")
+    return x, ids, num_groups, weights, torch.arange(x.shape[0], device=x.device)
+
+
+def _list_form(values, weights):
+    """The list form, concatenated: ``(x, ids, G, weights or None, index within the group)``."""
+    if not isinstance(values, Sequence) or len(values) == 0:
+        raise ValueError(f"values must be a Tensor or a non-empty list of Tensors, got {values!r}")
+    rows = [_as_point_rows(v, f"values[{k}]") for k, v in enumerate(values)]
+    dims = {r.shape[1] for r in rows}
+    if len(dims) > 1:
+        raise ValueError(f"all groups must have the same dimension D, got {sorted(dims)}")
+    if len({r.device for r in rows}) > 1 or len({r.dtype for r in rows}) > 1:
+        raise ValueError(
+            "all groups must share one dtype and device, got "
+            f"{sorted({(str(r.dtype), str(r.device)) for r in rows})}"
+        )
+    sizes = [r.shape[0] for r in rows]
+    x = torch.cat(rows, dim=0)
+    num_groups = len(rows)
+    ids = torch.repeat_interleave(
+        torch.arange(num_groups, device=x.device), torch.tensor(sizes, device=x.device)
+    )
+    local_index = torch.cat([torch.arange(s, device=x.device) for s in sizes])
+    if weights is None:
+        return x, ids, num_groups, None, local_index
+    if isinstance(weights, Tensor) or len(weights) != num_groups:
+        raise ValueError(f"weights must be a list of {num_groups} Tensors (one per group)")
+    for k, (wk, s) in enumerate(zip(weights, sizes)):
+        if not isinstance(wk, Tensor) or wk.shape != (s,):
+            got = tuple(wk.shape) if isinstance(wk, Tensor) else type(wk).__name__
+            raise ValueError(f"weights[{k}] must be a Tensor of shape ({s},), got {got}")
+    return x, ids, num_groups, torch.cat(list(weights)), local_index
+
+
+def _check_point_weights(w: Tensor, x: Tensor) -> None:
+    n = x.shape[0]
+    if w.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},), got {tuple(w.shape)}")
+    if not w.is_floating_point():
+        raise TypeError(f"weights must have a floating dtype, got dtype={w.dtype}")
+    if w.device != x.device:
+        raise ValueError(f"weights must be on the values' device {x.device}, got {w.device}")
+    check_finite("weights", w)
+    if n and bool((w < 0).any()):
+        raise ValueError(f"weights must be nonnegative, got min {float(w.min())}")
 
 
 def pack_groups(
@@ -180,64 +240,15 @@ def pack_groups(
             of range, or ``num_groups``/``groups`` given with the list form.
     """
     if isinstance(values, Tensor):
-        if groups is None:
-            raise ValueError(
-                "pack_groups(values=Tensor) needs groups= (one id per point); pass a list of "
-                "tensors for the list form"
-            )
-        x = _as_point_rows(values, "values")
-        ids, num_groups = _check_ids(groups, x.shape[0], num_groups)
-        if weights is not None and not isinstance(weights, Tensor):
-            raise TypeError(
-                f"weights must be a Tensor in the id form, got {type(weights).__name__}"
-            )
-        w = weights
-        local_index = torch.arange(x.shape[0], device=x.device)
+        x, ids, num_groups, w, local_index = _id_form(values, weights, groups, num_groups)
     else:
         if groups is not None or num_groups is not None:
             raise ValueError("groups= and num_groups= belong to the id form (values a Tensor)")
-        if not isinstance(values, Sequence) or len(values) == 0:
-            raise ValueError(
-                f"values must be a Tensor or a non-empty list of Tensors, got {values!r}"
-            )
-        rows = [_as_point_rows(v, f"values[{k}]") for k, v in enumerate(values)]
-        dims = {r.shape[1] for r in rows}
-        if len(dims) > 1:
-            raise ValueError(f"all groups must have the same dimension D, got {sorted(dims)}")
-        if len({r.device for r in rows}) > 1 or len({r.dtype for r in rows}) > 1:
-            raise ValueError(
-                "all groups must share one dtype and device, got "
-                f"{sorted({(str(r.dtype), str(r.device)) for r in rows})}"
-            )
-        sizes_list = [r.shape[0] for r in rows]
-        x = torch.cat(rows, dim=0)
-        num_groups = len(rows)
-        sizes_t = torch.tensor(sizes_list, device=x.device)
-        ids = torch.repeat_interleave(torch.arange(num_groups, device=x.device), sizes_t)
-        local_index = torch.cat([torch.arange(s, device=x.device) for s in sizes_list])
-        if weights is None:
-            w = None
-        else:
-            if isinstance(weights, Tensor) or len(weights) != num_groups:
-                raise ValueError(f"weights must be a list of {num_groups} Tensors (one per group)")
-            for k, (wk, s) in enumerate(zip(weights, sizes_list)):
-                if not isinstance(wk, Tensor) or wk.shape != (s,):
-                    got = tuple(wk.shape) if isinstance(wk, Tensor) else type(wk).__name__
-                    raise ValueError(f"weights[{k}] must be a Tensor of shape ({s},), got {got}")
-            w = torch.cat(list(weights))
-
+        x, ids, num_groups, w, local_index = _list_form(values, weights)
     n, dim = x.shape
-    check_finite(x, "values")
+    check_finite("values", x)
     if w is not None:
-        if w.shape != (n,):
-            raise ValueError(f"weights must have shape ({n},), got {tuple(w.shape)}")
-        if not w.is_floating_point():
-            raise TypeError(f"weights must have a floating dtype, got dtype={w.dtype}")
-        if w.device != x.device:
-            raise ValueError(f"weights must be on the values' device {x.device}, got {w.device}")
-        check_finite(w, "weights")
-        if n and bool((w < 0).any()):
-            raise ValueError(f"weights must be nonnegative, got min {float(w.min())}")
+        _check_point_weights(w, x)
 
     sizes = torch.bincount(ids, minlength=num_groups)
     n_max = int(sizes.max()) if num_groups > 0 else 0
@@ -371,23 +382,14 @@ def percentile_split(
         raise ValueError("pred must hold at least one prediction, got an empty tensor")
     if target.ndim != 1 or target.shape[0] == 0:
         raise ValueError(f"target must have shape (M,) with M >= 1, got {tuple(target.shape)}")
-    if isinstance(q, bool) or not isinstance(q, Real) or not 0.0 < float(q) < 1.0:
-        raise ValueError(f"q must be a float in the open interval (0, 1), got {q!r}")
-    if (
-        isinstance(min_group_size, bool)
-        or not isinstance(min_group_size, int)
-        or min_group_size < 1
-    ):
-        raise ValueError(f"min_group_size must be an int >= 1, got {min_group_size!r}")
-    if ties not in _TIES:
-        raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    q = float(q)
+    q = check_real("q", q, gt=0, lt=1)
+    check_positive_int("min_group_size", min_group_size)
+    check_choice("ties", ties, _TIES)
+    check_choice("mode", mode, _MODES)
     score = score.detach().reshape(-1)
     target = target.detach()
-    check_finite(score, "score")
-    check_finite(target, "target")
+    check_finite("score", score)
+    check_finite("target", target)
     n, m = score.shape[0], target.shape[0]
 
     if mode == "legacy":
@@ -399,7 +401,7 @@ def percentile_split(
             if pred.dtype == torch.bool or pred.is_complex():
                 raise TypeError(f"pred must be real-valued for ties='pred', got dtype={pred.dtype}")
             tie_key = pred.detach().reshape(-1)
-            check_finite(tie_key, "pred")
+            check_finite("pred", tie_key)
         elif ties == "random":
             gen_device = generator.device if generator is not None else score.device
             tie_key = torch.randperm(n, generator=generator, device=gen_device).to(score.device)

@@ -12,13 +12,9 @@ import torch
 
 from sinkmatch.backends import SoftminBackend, get_backend
 from sinkmatch.backends.dense import DenseSoftmin
-from sinkmatch.backends.online import (
-    OnlineSoftmin,
-    plan_expected_cost,
-    plan_matmul,
-    tiled_logsumexp,
-)
+from sinkmatch.backends.online import OnlineSoftmin
 from sinkmatch.costs import get_cost
+from sinkmatch.plan import plan_expected_cost, plan_matmul, tiled_logsumexp
 
 
 def _data(b=2, n=9, m=7, d=2, seed=0, pad=True):
@@ -201,7 +197,7 @@ def test_batched_mv_loop_and_trailing_padding():
 
 def test_solver_passes_valid_lengths_only_to_backends_that_declare_them():
     from sinkmatch.backends.dense import DenseSoftmin
-    from sinkmatch.sinkhorn import sinkhorn
+    from sinkmatch.solver import sinkhorn
 
     class Recording:  # not a DenseSoftmin: the solver's dense kernel fast path stays off
         name = "recording"

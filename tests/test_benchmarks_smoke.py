@@ -43,7 +43,7 @@ def test_exact_1d_reference_matches_sorting_and_averages_ties():
 
 
 def test_workload_names_round_trip(tmp_path):
-    w = make_workload("css1d-40x60", prior="fallback")
+    w = make_workload("css1d-40x60")
     assert (w.n_total, w.m_total, w.d, w.eps) == (40, 60, 1, 0.1)
     assert w.problems[0].x.dtype == np.float32 and (w.problems[0].x >= 0).all()
     save_workload(w, tmp_path / "w.npz")
@@ -93,7 +93,8 @@ def test_compare_smallest_case_end_to_end(tmp_path):
     # the plot script turns the CSV into tables between markers, leaving the prose alone
     doc = tmp_path / "bench.md"
     doc.write_text(
-        "# Bench\n\nprose stays\n\n<!-- BEGIN GENERATED: bars -->\nold\n<!-- END GENERATED: bars -->\n"
+        "# Bench\n\nprose stays\n\n"
+        "<!-- BEGIN GENERATED: bars -->\nold\n<!-- END GENERATED: bars -->\n"
     )
     assert (
         plot_results.main(

@@ -1,4 +1,4 @@
-"""Losses: plain, grouped (one solve == a loop), distribution matching (CSS-CCNN / ++), exact 1-D."""
+"""Losses: plain, grouped (one solve == a loop), distribution matching (CSS-CCNN, ++), exact 1-D."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from sinkmatch.losses import (
     sinkhorn_loss,
     wasserstein_1d_loss,
 )
-from sinkmatch.sinkhorn import sinkhorn
+from sinkmatch.solver import sinkhorn
 
 F64 = torch.float64
 TIGHT = {"tol": 1e-9, "max_iter": 5000}

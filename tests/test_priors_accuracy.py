@@ -1,4 +1,4 @@
-"""Float64 accuracy of the truncated power law against mpmath (independent high-precision reference)."""
+"""Float64 accuracy of the truncated power law against mpmath (an independent reference)."""
 
 from __future__ import annotations
 

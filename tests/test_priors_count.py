@@ -1,4 +1,4 @@
-"""λ solver, legacy mode (pinned against the original code's values), head redistribution, CountPrior."""
+"""λ solver, legacy mode (pinned to the original code's values), head redistribution, CountPrior."""
 
 from __future__ import annotations
 

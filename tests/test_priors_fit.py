@@ -1,4 +1,6 @@
-"""Maximum-likelihood fits and the Vuong test, checked against the ``powerlaw`` package (reference only).
+"""Maximum-likelihood fits and the Vuong test, checked against the ``powerlaw`` package.
+
+``powerlaw`` is a reference only.
 
 Tolerances: parameters rel 1e-3 (``powerlaw`` optimizes numerically with its own stopping rule, so
 it is the less precise of the two); log-likelihood of ``powerlaw`` evaluated at *our* parameters

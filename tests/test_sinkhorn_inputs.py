@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sinkmatch.sinkhorn import sinkhorn
+from sinkmatch.solver import sinkhorn
 
 X = torch.randn(4, 2)
 Y = torch.randn(3, 2)

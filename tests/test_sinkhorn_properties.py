@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sinkmatch.sinkhorn import sinkhorn
+from sinkmatch.solver import sinkhorn
 
 
 def _entropy(w):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sinkmatch.sinkhorn import sinkhorn
+from sinkmatch.solver import sinkhorn
 
 F32 = torch.float32
 

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from sinkmatch.sinkhorn import sinkhorn
+from benchmarks.workloads import css_pair
+from sinkmatch.solver import sinkhorn
 
 
 def _workload(n_pred, n_prior=1568, seed=0):
-    # Truncated power law (alpha = 2, lambda = 0.03, c >= 1) by inverse CDF on a fine grid,
-    # values below 1.2 replaced by U(0, 1.2); predictions clip(0.7 * draw + N(0, 1), 0).
-    rng = np.random.default_rng(seed)
-    grid = np.linspace(1.0, 2001.0, 200_001)
-    pdf = grid**-2.0 * np.exp(-0.03 * grid)
-    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(grid))])
-    cdf /= cdf[-1]
-
-    def draw(n):
-        s = np.interp(rng.random(n), cdf, grid)
-        s[s < 1.2] = rng.uniform(0.0, 1.2, int((s < 1.2).sum()))
-        return s
-
-    y = draw(n_prior)
-    x = np.clip(0.7 * draw(n_pred) + rng.normal(size=n_pred), 0.0, None)
-    return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    # predictions max(0.7 * prior draw + N(0, 1), 0) against samples of the CSS-CCNN count prior
+    x, y = css_pair(n_pred, n_prior, seed=seed)
+    return torch.tensor(x), torch.tensor(y)
 
 
 def _check(n_pred, **kw):

@@ -19,13 +19,14 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
+from sinkmatch.backends.dense import DenseSoftmin
 from sinkmatch.backends.triton import (
     MAX_DIM,
     TritonSoftmin,
     _interpret_mode,
-    softmin_reference,
     triton_softmin,
 )
+from sinkmatch.costs import get_cost
 
 pytestmark = pytest.mark.triton
 
@@ -48,6 +49,11 @@ TOL = {
 def _interpreter(monkeypatch):
     if DEVICE == "cpu":
         monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def softmin_reference(eps, x, y, h, cost):
+    """The plain torch reference of the kernels: the dense backend."""
+    return DenseSoftmin().softmin(eps, x, y, h, get_cost(cost))
 
 
 def _problem(b, n, m, d, dtype=torch.float64, seed=0):
@@ -296,7 +302,6 @@ def test_no_graph_when_nothing_requires_grad():
 
 def test_backend_object_implements_protocol_and_accepts_cost_objects():
     from sinkmatch.backends.base import SoftminBackend
-    from sinkmatch.costs import get_cost
 
     backend = TritonSoftmin(block_n=16, block_m=16)
     assert isinstance(backend, SoftminBackend) and backend.name == "triton"
@@ -375,7 +380,7 @@ def _solver_case(seed=0):
 
 @pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean"])
 def test_solver_with_triton_backend_matches_dense_and_online(cost):
-    sinkhorn = pytest.importorskip("sinkmatch.sinkhorn").sinkhorn
+    sinkhorn = pytest.importorskip("sinkmatch.solver").sinkhorn
     x, y, a, b = _solver_case()
     results = {}
     backends = {"dense": "dense", "online": "online", "triton": TritonSoftmin(**BLOCKS)}
@@ -405,9 +410,8 @@ def test_solver_with_triton_backend_matches_dense_and_online(cost):
 
 
 def test_solver_backend_name_triton_resolves_to_kernel():
-    sinkhorn = pytest.importorskip("sinkmatch.sinkhorn").sinkhorn
+    sinkhorn = pytest.importorskip("sinkmatch.solver").sinkhorn
     from sinkmatch.backends import get_backend
-    from sinkmatch.costs import get_cost
 
     x, y, a, b = _solver_case(1)
     assert isinstance(get_backend("triton", x=x, y=y, cost=get_cost("sqeuclidean")), TritonSoftmin)
@@ -425,8 +429,8 @@ def test_solver_backend_name_triton_resolves_to_kernel():
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("d", "dtype"), [(3, "fp16"), (17, "fp64")])
-def test_kernels_compile_for_sm90(monkeypatch, tmp_path, d, dtype):
+@pytest.mark.parametrize(("d", "dtype", "power"), [(3, "fp16", 1.0), (17, "fp64", 1.5)])
+def test_kernels_compile_for_sm90(monkeypatch, tmp_path, d, dtype, power):
     """Compile every kernel for an H100 (sm_90) target: catches errors the interpreter misses.
 
     Needs no GPU (ptxas ships with Triton). Uses Triton's compiler API, which changes between
@@ -451,7 +455,7 @@ def test_kernels_compile_for_sm90(monkeypatch, tmp_path, d, dtype):
     consts = {
         "D": d,
         "DP": dp,
-        "EUCLID": True,
+        "POWER": power,
         "ACC": getattr(tl, acc.replace("fp", "float")),
         "BLOCK_N": block,
         "BLOCK_M": 32,

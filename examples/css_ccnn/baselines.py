@@ -32,14 +32,12 @@ import numpy as np
 import torch
 
 from .checkpoint import EarlyStopping
-from .config import Config, config_to_dict, save_config
-from .data.datasets import CrowdDataset
+from .config import Config
+from .data.datasets import CrowdDataset, require_labeled
 from .data.transforms import density_map
-from .model import CSSCCNN
-from .prepare import ImageBank, crop_points, random_offset, split_train_val
-from .stage1 import load_stage1_fen
-from .stage2 import FeatureSource
-from .training import FitResult, fit, make_optimizer, resolve_device
+from .model import CSSCCNN, load_stage1_fen
+from .prepare import FeatureSource, crop_points, random_offset
+from .training import FitResult, Run, setup_run
 
 __all__ = [
     "SupervisedResult",
@@ -48,17 +46,12 @@ __all__ = [
     "train_supervised",
 ]
 
-
-def _require_labeled(dataset: CrowdDataset, what: str) -> None:
-    if not isinstance(dataset, CrowdDataset):
-        raise TypeError(f"{what} expects a CrowdDataset, got {type(dataset).__name__}")
-    if not dataset.labels:
-        raise ValueError(f"{what} is a labeled baseline: open the dataset with labels=True")
+MODES = ("full", "ssl")
 
 
 def mean_training_count(dataset: CrowdDataset) -> float:
     """CCNN Mean's prediction: the mean count of the (labeled) training images."""
-    _require_labeled(dataset, "mean_training_count")
+    require_labeled(dataset, "mean_training_count")
     return float(np.mean(dataset.counts()))
 
 
@@ -72,9 +65,52 @@ def random_baseline_model(cfg: Config, fen_checkpoint: str | Path, *, seed: int)
 
 @dataclass
 class SupervisedResult:
+    """Outcome of a labeled baseline: the fit summary, the best checkpoint and the mode."""
+
     fit: FitResult
     best_path: Path
     mode: str
+
+
+def _train_epoch(run: Run, mode: str, source: FeatureSource) -> dict:
+    """One pass of MSE on density maps over random crops (``crops_per_image`` per image)."""
+    bc, rng, bank, model = run.cfg.baselines, run.np_rng, run.train, run.model
+    size = bc.crop_size
+    order = rng.permutation(np.repeat(np.arange(len(bank)), bc.crops_per_image))
+    total, count = 0.0, 0
+    for start in range(0, len(order), bc.batch_size):
+        items, targets = [], []
+        for j in order[start : start + bc.batch_size]:
+            prepared = bank[int(j)]
+            top, left = random_offset(*prepared.image.shape[:2], size, rng)
+            flip = bool(rng.random() < 0.5)
+            _, points = prepared.view(flip)
+            items.append((int(j), flip, top, left))
+            target = density_map(crop_points(points, top, left, size), (size, size), sigma=bc.sigma)
+            targets.append(target)
+        target = torch.from_numpy(np.stack(targets)).to(run.device)[:, None]
+        if mode == "ssl":
+            pred = model.density_head(source.batch(items, size)[0])
+        else:
+            crops = torch.from_numpy(source.crops(items, size)).to(run.device)
+            pred = model(crops.permute(0, 3, 1, 2).float())
+        loss = ((pred - target) ** 2).sum(dim=(1, 2, 3)).mean()
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        total += float(loss.detach()) * len(items)
+        count += len(items)
+    return {"loss": total / count}
+
+
+def _validate(run: Run) -> float:
+    """MAE of the whole-image counts of the validation images (labeled: a reference only)."""
+    errors = []
+    for j in range(len(run.val)):
+        prepared = run.val[j]
+        x = torch.from_numpy(prepared.image).to(run.device).permute(2, 0, 1)[None].float()
+        errors.append(abs(float(run.model(x).sum()) - len(prepared.points)))
+    return float(np.mean(errors))
 
 
 def train_supervised(
@@ -91,108 +127,46 @@ def train_supervised(
 
     Args:
         dataset: labeled training images (``labels=True``).
+        cfg: resolved configuration (``cfg.baselines``, ``cfg.model``, ``cfg.data``).
+        out_dir: output directory.
         mode: ``full`` (CCNN Fully Supervised: all weights from scratch) or ``ssl`` (CCNN
             Self-Supervised with Labels: FEN from ``fen_checkpoint``, frozen).
+        fen_checkpoint: the stage-1 checkpoint (``mode="ssl"``).
+        stop_after: stop after this many epochs of this call (simulated interruption).
+        progress: show a progress bar.
     """
-    _require_labeled(dataset, "train_supervised")
-    if mode not in ("full", "ssl"):
+    require_labeled(dataset, "train_supervised")
+    if mode not in MODES:
         raise ValueError(f"mode must be 'full' or 'ssl', got {mode!r}")
     if mode == "ssl" and fen_checkpoint is None:
         raise ValueError("mode='ssl' needs the stage-1 fen_checkpoint")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.json")
-    bc = cfg.baselines
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = CSSCCNN(width=cfg.model.width, rotations=cfg.model.rotations)
-    if mode == "ssl":
-        load_stage1_fen(model, fen_checkpoint)
-        model.to(device)
-        model.freeze_fen()
-        params = list(model.density_head.parameters())
-    else:
-        model.to(device)
-        params = [*model.fen.parameters(), *model.density_head.parameters()]
-    optimizer = make_optimizer(params, bc)
-    generator = torch.Generator().manual_seed(cfg.seed + 2)
-    np_rng = np.random.default_rng(cfg.seed + 2)
-    train_idx, val_idx = split_train_val(
-        len(dataset), cfg.data.val_fraction, seed=cfg.data.split_seed
+    ssl = mode == "ssl"
+    run = setup_run(
+        dataset,
+        cfg,
+        out_dir,
+        what="train_supervised",
+        labels=True,
+        section=cfg.baselines,
+        trainable=(
+            (lambda m: m.density_head.parameters())
+            if ssl
+            else (lambda m: [*m.fen.parameters(), *m.density_head.parameters()])
+        ),
+        seed_offset=2,
+        fen_checkpoint=fen_checkpoint if ssl else None,
+        freeze_fen=ssl,
+        meta={"stage": "supervised", "mode": mode},
     )
-    kwargs = dict(
-        min_side=max(cfg.data.min_side, bc.crop_size),
-        max_side=cfg.data.max_side,
-        cache=cfg.data.cache_images,
-    )
-    train_bank = ImageBank(dataset, train_idx, **kwargs)
-    val_bank = ImageBank(dataset, val_idx, **kwargs)
-    source = FeatureSource(
-        model, train_bank, device=device, cache=(mode == "ssl" and cfg.stage2.cache_features)
-    )
-    size = bc.crop_size
-
-    def train_epoch(epoch: int) -> dict:
-        order = np_rng.permutation(np.repeat(np.arange(len(train_bank)), bc.crops_per_image))
-        total, count = 0.0, 0
-        for start in range(0, len(order), bc.batch_size):
-            items, targets = [], []
-            for j in order[start : start + bc.batch_size]:
-                prepared = train_bank[int(j)]
-                top, left = random_offset(
-                    prepared.image.shape[0], prepared.image.shape[1], size, np_rng
-                )
-                flip = bool(np_rng.random() < 0.5)
-                _, points = prepared.view(flip)
-                items.append((int(j), flip, top, left))
-                targets.append(
-                    density_map(crop_points(points, top, left, size), (size, size), sigma=bc.sigma)
-                )
-            target = torch.from_numpy(np.stack(targets)).to(device)[:, None]
-            if mode == "ssl":
-                feats, _ = source.batch(items, size)
-                pred = model.density_head(feats)
-            else:
-                crops = np.stack(
-                    [train_bank[j].view(f)[0][r : r + size, c : c + size] for j, f, r, c in items]
-                )
-                pred = model(torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float())
-            loss = ((pred - target) ** 2).sum(dim=(1, 2, 3)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(items)
-            count += len(items)
-        return {"loss": total / count}
-
-    def validate(epoch: int) -> float:
-        errors = []
-        for j in range(len(val_bank)):
-            prepared = val_bank[j]
-            x = torch.from_numpy(prepared.image).to(device).permute(2, 0, 1)[None].float()
-            errors.append(abs(float(model(x).sum()) - len(prepared.points)))
-        return float(np.mean(errors))
-
-    stopper = EarlyStopping(mode="min", patience=bc.patience, window=1)
-    result = fit(
-        out_dir=out_dir,
-        model=model,
-        optimizer=optimizer,
-        epochs=bc.epochs,
-        train_epoch=train_epoch,
-        validate=validate,
-        stopper=stopper,
-        generator=generator,
-        np_rng=np_rng,
+    cache = ssl and cfg.stage2.cache_features
+    source = FeatureSource(run.model, run.train, device=run.device, cache=cache)
+    result = run.fit(
+        epochs=cfg.baselines.epochs,
+        train_epoch=lambda epoch: _train_epoch(run, mode, source),
+        validate=lambda epoch: _validate(run),
+        stopper=EarlyStopping(mode="min", patience=cfg.baselines.patience, window=1),
         desc=f"supervised {mode} seed {cfg.seed}",
         stop_after=stop_after,
         progress=progress,
-        meta={
-            "stage": "supervised",
-            "mode": mode,
-            "width": cfg.model.width,
-            "rotations": cfg.model.rotations,
-            "config": config_to_dict(cfg),
-        },
     )
     return SupervisedResult(fit=result, best_path=result.best_path, mode=mode)

@@ -9,12 +9,15 @@ order. Every run writes the resolved configuration next to its outputs (:func:`s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from .checkpoint import atomic_write_text
 
 __all__ = [
     "PRESETS",
@@ -47,10 +50,13 @@ class DataConfig:
         val_fraction: fraction of the *training* images held out for label-free validation
             (the paper: 10 %).
         split_seed: seed of the train/validation split (the same for every stage and seed).
-        min_side, max_side: images are resized so the short side is at least ``min_side`` and the
-            long side at most ``max_side``, then to a multiple of 8 (train and test alike).
+        scale, min_side, max_side: images are scaled by ``scale``, then resized so the short side
+            is at least ``min_side`` and the long side at most ``max_side``, then to a multiple of 8
+            (train and test alike). The paper: 1, 224, 1024.
         cache_images: keep the resized training images in memory.
-        synthetic_*: settings of ``make-synthetic`` (and of the demo's dataset).
+        synthetic_*: settings of ``make-synthetic`` (and of the demo's dataset): the family
+            (``data.synthetic.FAMILY_NAMES``) and, where not ``None``, a fixed square image size
+            and count range replacing the family's.
     """
 
     root: str = "data/synthetic"
@@ -58,14 +64,16 @@ class DataConfig:
     fold: Optional[int] = None
     val_fraction: float = 0.1
     split_seed: int = 0
+    scale: float = 1.0
     min_side: int = 224
     max_side: int = 1024
     cache_images: bool = True
+    synthetic_family: str = "default"
     synthetic_num_train: int = 60
     synthetic_num_test: int = 20
-    synthetic_image_size: int = 256
-    synthetic_count_min: int = 20
-    synthetic_count_max: int = 400
+    synthetic_image_size: Optional[int] = None
+    synthetic_count_min: Optional[int] = None
+    synthetic_count_max: Optional[int] = None
     synthetic_seed: int = 0
 
 
@@ -88,7 +96,10 @@ class Stage1Config:
 
     Attributes:
         crop_size: random crop side; the network sees its rotated centre (``crop_size // 2``).
-        batch_size, epochs, lr, momentum, weight_decay, optimizer: optimisation (``sgd`` | ``adam``).
+        batch_size, epochs, lr, momentum, weight_decay, optimizer: optimisation
+            (``sgd`` | ``adam``).
+        schedule: ``constant`` (the paper) or ``cosine`` (lr · (1 + cos(π e / epochs)) / 2 at
+            epoch e; a function of the epoch only, so resuming stays exact).
         patience: stop when validation rotation accuracy has not improved for this many epochs.
         crops_per_image: random crops drawn from each training image per epoch.
         val_crops_per_image: fixed crop positions per validation image (each in every rotation).
@@ -102,6 +113,7 @@ class Stage1Config:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     optimizer: str = "sgd"
+    schedule: str = "constant"
     patience: int = 300
     crops_per_image: int = 1
     val_crops_per_image: int = 4
@@ -110,25 +122,32 @@ class Stage1Config:
 
 @dataclass
 class PriorConfig:
-    """The count prior (paper Section 3.1), fixed from Cf_max.
+    r"""The count prior (paper Section 3.1), fixed from Cf_max.
+
+    λ solves the tail rule :math:`F(C_{max}) = 1 - 1/S` with
+    :math:`C_{max} = Cf_{max} / (M N S_{crop})`: the fullest cell is a 1-in-S event.
 
     Attributes:
-        cf_max: maximum crowd count of a full image; ``None`` reads ``cf_max`` from the dataset's
-            ``synthetic.json`` (an error for real datasets).
-        num_images: S of the tail rule CDF(C_max) = 1 - 1/S; ``None``: the number of training
-            images (the original used the whole data set, 482 for ShanghaiTech A).
+        cf_max: maximum crowd count of a full image (the one number the user gives); ``None``
+            reads ``cf_max`` from the dataset's ``synthetic.json`` (an error for real datasets).
+        num_images: S, the size of the image collection the maximum is taken over (the paper:
+            the whole data set, 482 images for ShanghaiTech A); ``None``: the number of images of
+            the dataset, all splits (counting images reads no label). When no λ > 0 meets the
+            rule (few images, large C_max), λ = 0 is used with a warning (see ``prior.py``).
         alpha: power-law exponent.
         grid: cells per crop side (M = N).
-        crops_per_image: S_crop, crops that make up a full image.
+        crops_per_image: S_crop, the average number of crops that make up a training image;
+            ``None``: measured from the training images as resized for training (their mean
+            area over the area the crop's M × N cells cover). The ``paper`` preset keeps 4.
         head_mass: probability mass redistributed uniformly to [0, 1].
         mode: ``exact`` (normalised CDF) or ``legacy`` (the original code's λ and threshold).
     """
 
     cf_max: Optional[float] = None
-    num_images: Optional[int] = None
+    num_images: Optional[float] = None
     alpha: float = 2.0
     grid: int = 3
-    crops_per_image: int = 4
+    crops_per_image: Optional[float] = None
     head_mass: float = 0.3
     mode: str = "exact"
 
@@ -142,6 +161,7 @@ class Stage2Config:
         cell_size: cell side in output pixels (the original: 8, i.e. 3×3 cells of a 28×28
             output with the last 4 rows/columns dropped); ``None``: ``crop_size // 8 // grid``.
         batch_size, epochs, lr, momentum, weight_decay, optimizer: optimisation.
+        schedule: ``constant`` or ``cosine`` (see :class:`Stage1Config`).
         crops_per_image: random crops per training image per epoch.
         prior_samples_per_crop: prior samples drawn per crop (original: 7 * 7 = 49 for 9 cells);
             ``None``: as many samples as predicted cells.
@@ -149,6 +169,7 @@ class Stage2Config:
         split_percentile: CSS-CCNN++ split of the Canny pseudo density (percent).
         patience, ma_window: label-free early stopping on the moving average of the validation
             Sinkhorn loss.
+        val_crops_per_image: fixed crop positions per validation image for that loss.
         cache_features: compute the frozen FEN once per training image (and its mirror) and take
             crops on the feature maps (exact up to zero padding at crop borders; much faster).
         solver: extra keyword arguments for the Sinkhorn solver.
@@ -162,6 +183,7 @@ class Stage2Config:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     optimizer: str = "sgd"
+    schedule: str = "constant"
     crops_per_image: int = 1
     prior_samples_per_crop: Optional[int] = 49
     eps: float = 0.1
@@ -170,6 +192,7 @@ class Stage2Config:
     split_percentile: float = 30.0
     patience: int = 300
     ma_window: int = 5
+    val_crops_per_image: int = 4
     cache_features: bool = False
     solver: dict = field(default_factory=dict)
 
@@ -181,6 +204,7 @@ class BaselineConfig:
     Attributes:
         crop_size, batch_size, epochs, lr, momentum, weight_decay, optimizer: optimisation of the
             MSE-on-density-maps training.
+        schedule: ``constant`` or ``cosine`` (see :class:`Stage1Config`).
         crops_per_image: random crops per training image per epoch.
         sigma: Gaussian σ of the ground-truth density maps (1/8 resolution pixels).
         patience: early stopping on validation MAE (these baselines are labeled).
@@ -195,6 +219,7 @@ class BaselineConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     optimizer: str = "sgd"
+    schedule: str = "constant"
     crops_per_image: int = 1
     sigma: float = 1.0
     patience: int = 50
@@ -214,7 +239,12 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    """A complete run description."""
+    """A complete run description.
+
+    Attributes:
+        derived: settings derived from the data (S_crop, S, Cf_max, λ) with their sources, filled
+            in by :func:`examples.css_ccnn.prior.resolve_prior` and saved with the run.
+    """
 
     preset: str = "paper"
     seed: int = 0
@@ -227,46 +257,54 @@ class Config:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    derived: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- presets
 
-_PAPER: dict[str, Any] = {"preset": "paper"}
+_PAPER: dict[str, Any] = {"preset": "paper", "prior": {"crops_per_image": 4.0}}
 
 _CPU: dict[str, Any] = {
     "preset": "cpu",
     "threads": 1,
     "data": {
-        "val_fraction": 0.2,
-        "min_side": 128,
+        # the paper's geometry at half resolution: images halved (bounds 224/1024 -> 112/512),
+        # crops 224 -> 96 with 3 x 3 cells of 32 px (the paper: 64 px)
+        "scale": 0.5,
+        "min_side": 112,
         "max_side": 512,
-        "synthetic_num_train": 60,
+        "val_fraction": 0.2,
+        "synthetic_family": "medium",  # the demo's dataset: 40 training, 20 test images
+        "synthetic_num_train": 40,
         "synthetic_num_test": 20,
-        "synthetic_image_size": 192,
     },
     "model": {"width": 0.25},
-    "prior": {"grid": 6},
+    # schedules chosen from label-free curves only (docs/css_ccnn.md, "How the cpu preset was
+    # chosen"): stage-1 validation rotation accuracy, stage-2 validation Sinkhorn loss
     "stage1": {
-        "crop_size": 96,
+        "crop_size": 128,  # the network sees the rotated centre 64 px
         "batch_size": 32,
-        "epochs": 40,
+        "epochs": 30,
         "lr": 1e-3,
         "optimizer": "adam",
+        "schedule": "cosine",
         "weight_decay": 1e-4,
-        "patience": 8,
-        "crops_per_image": 4,
-        "val_crops_per_image": 4,
+        "patience": 30,
+        "crops_per_image": 16,
+        "val_crops_per_image": 16,
     },
     "stage2": {
         "crop_size": 96,
         "batch_size": 32,
-        "epochs": 24,
+        "epochs": 30,
         "lr": 3e-4,
         "optimizer": "adam",
+        "schedule": "cosine",
         "weight_decay": 0.0,
-        "crops_per_image": 4,
-        "patience": 6,
+        "crops_per_image": 16,
+        "patience": 30,
         "ma_window": 3,
+        "val_crops_per_image": 8,
         "cache_features": True,
         "cell_size": None,
         "prior_samples_per_crop": None,
@@ -276,12 +314,13 @@ _CPU: dict[str, Any] = {
     "baselines": {
         "crop_size": 96,
         "batch_size": 16,
-        "epochs": 10,
+        "epochs": 20,
         "lr": 1e-3,
         "optimizer": "adam",
+        "schedule": "cosine",
         "weight_decay": 0.0,
-        "crops_per_image": 2,
-        "patience": 5,
+        "crops_per_image": 8,
+        "patience": 20,
     },
 }
 
@@ -293,9 +332,10 @@ _TINY: dict[str, Any] = {
         "max_side": 128,
         "synthetic_num_train": 6,
         "synthetic_num_test": 3,
+        "synthetic_family": "default",
         "synthetic_image_size": 96,
-        "synthetic_count_min": 5,
-        "synthetic_count_max": 60,
+        "synthetic_count_min": 20,
+        "synthetic_count_max": 150,
     },
     "model": {"width": 0.125},
     "stage1": {
@@ -393,8 +433,6 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
 
 def config_from_dict(values: dict[str, Any], *, base: Optional[Config] = None) -> Config:
     """Build a :class:`Config` from nested dicts (unknown keys and wrong types raise)."""
-    import copy
-
     cfg = copy.deepcopy(base) if base is not None else Config()
     _merge_into(cfg, values, "")
     return cfg
@@ -409,7 +447,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     elif path.suffix == ".toml":
         try:
-            import tomllib
+            import tomllib  # standard library from Python 3.11 on
         except ModuleNotFoundError as err:  # Python < 3.11
             raise ValueError("TOML config files need Python >= 3.11 (tomllib)") from err
         data = tomllib.loads(path.read_text())
@@ -491,10 +529,29 @@ def validate_config(cfg: Config) -> None:
         opt = getattr(cfg, section).optimizer
         if opt not in ("sgd", "adam"):
             raise ValueError(f"{section}.optimizer must be 'sgd' or 'adam', got {opt!r}")
+        schedule = getattr(cfg, section).schedule
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"{section}.schedule must be 'constant' or 'cosine', got {schedule!r}")
+        for key in ("epochs", "patience"):
+            value = getattr(getattr(cfg, section), key)
+            if value < 1:
+                raise ValueError(f"{section}.{key} must be >= 1, got {value}")
     if cfg.stage2.value not in ("regularized", "transport", "divergence"):
         raise ValueError(
             "stage2.value must be 'regularized', 'transport' or 'divergence', got "
             f"{cfg.stage2.value!r}"
+        )
+    if not 0.0 < cfg.data.scale <= 4.0:
+        raise ValueError(f"data.scale must be in (0, 4], got {cfg.data.scale}")
+    if cfg.prior.crops_per_image is not None and not cfg.prior.crops_per_image > 0:
+        raise ValueError(
+            f"prior.crops_per_image must be > 0 (or null: measured), got "
+            f"{cfg.prior.crops_per_image}"
+        )
+    if cfg.prior.num_images is not None and not cfg.prior.num_images >= 2:
+        raise ValueError(
+            f"prior.num_images (S) must be >= 2 (or null: the dataset's image count), got "
+            f"{cfg.prior.num_images}"
         )
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
@@ -511,6 +568,4 @@ def cell_size(cfg: Config) -> int:
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved configuration as JSON (atomically) and return its path."""
-    from .checkpoint import atomic_write_text
-
     return atomic_write_text(Path(path), json.dumps(config_to_dict(cfg), indent=2) + "\n")

@@ -21,6 +21,11 @@ import torch
 from . import pipeline
 from .checkpoint import atomic_write_text
 from .config import Config, cell_size, save_config
+from .data.transforms import cell_counts, density_map, resize_for_test
+from .evaluate import ModelPredictor
+from .plots import plot_count_histograms, plot_curves, plot_predictions
+from .prior import build_prior, resolve_prior
+from .training import resolve_device
 
 __all__ = ["check_claim", "run_demo"]
 
@@ -51,66 +56,78 @@ def check_claim(summary: dict) -> dict:
     }
 
 
-def _figures(cfg: Config, out: Path, seed: int) -> dict:
-    from .data.transforms import cell_counts, density_map, resize_for_test
-    from .evaluate import ModelPredictor
-    from .plots import plot_count_histograms, plot_curves, plot_predictions
-    from .stage2 import build_prior
-    from .training import resolve_device
+def _cells(density: np.ndarray, cell: int) -> np.ndarray:
+    return cell_counts(torch.as_tensor(density, dtype=torch.float64)[None, None], cell).numpy()
 
-    fig_dir = out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
+
+def _prediction_figure(cfg: Config, out: Path, seed: int, fig_dir: Path) -> tuple[Path, dict]:
+    """Image | CSS-CCNN | CSS-CCNN++ | truth for the first test images; the cell counts of every
+    test image per model (for the histogram)."""
     device = resolve_device(cfg.device)
-    sdir = pipeline.seed_dir(out, seed)
     models = {}
     for title, sub in (("CSS-CCNN", "stage2_plain"), ("CSS-CCNN++", "stage2_plus")):
-        path = sdir / sub / "best.pt"
+        path = pipeline.seed_dir(out, seed) / sub / "best.pt"
         if path.is_file():
             models[title] = ModelPredictor(pipeline.load_model(cfg, path), device)
-    test = pipeline.open_test(cfg)
-    rows, cells = [], {name: [] for name in models}
-    cells["ground truth"] = []
+    rows, cells = [], {name: [] for name in [*models, "ground truth"]}
     cell = cell_size(cfg)
-    for i, sample in enumerate(test):
+    for i, sample in enumerate(pipeline.open_test(cfg)):
         image, points = resize_for_test(
-            sample.image, sample.points, min_side=cfg.data.min_side, max_side=cfg.data.max_side
+            sample.image,
+            sample.points,
+            min_side=cfg.data.min_side,
+            max_side=cfg.data.max_side,
+            scale=cfg.data.scale,
         )
         gt = density_map(points, image.shape[:2], sigma=1.0)
         maps = {name: m(image) for name, m in models.items()}
         for name, d in [*maps.items(), ("ground truth", gt)]:
-            cells[name].append(
-                cell_counts(torch.as_tensor(d, dtype=torch.float64)[None, None], cell)
-                .flatten()
-                .numpy()
-            )
+            cells[name].append(_cells(d, cell).ravel())
         if i < 4:
             rows.append({"image": image, "maps": maps, "gt": gt, "gt_count": len(points)})
-    paths = {"predictions": str(plot_predictions(rows, fig_dir / "predictions.png"))}
+    return plot_predictions(rows, fig_dir / "predictions.png"), cells
 
-    curves: dict = {
-        "stage 1: validation rotation accuracy": {},
-        "stage 2: validation Sinkhorn loss": {},
-    }
+
+def _curves_figure(out: Path, fig_dir: Path) -> Path:
+    """Stage-1 validation accuracy and stage-2 validation loss of every seed."""
+    acc, loss = "stage 1: validation rotation accuracy", "stage 2: validation Sinkhorn loss"
+    curves: dict = {acc: {}, loss: {}}
     for sd in sorted(out.glob("seed*")):
         for sub, panel, label in (
-            ("stage1", "stage 1: validation rotation accuracy", sd.name),
-            ("stage2_plain", "stage 2: validation Sinkhorn loss", f"CSS-CCNN {sd.name}"),
-            ("stage2_plus", "stage 2: validation Sinkhorn loss", f"CSS-CCNN++ {sd.name}"),
+            ("stage1", acc, sd.name),
+            ("stage2_plain", loss, f"CSS-CCNN {sd.name}"),
+            ("stage2_plus", loss, f"CSS-CCNN++ {sd.name}"),
         ):
             hist = sd / sub / "history.json"
             if hist.is_file():
                 h = json.loads(hist.read_text())
                 curves[panel][label] = ([e["epoch"] for e in h], [e["val"] for e in h])
-    paths["curves"] = str(plot_curves(curves, fig_dir / "curves.png"))
+    return plot_curves(curves, fig_dir / "curves.png")
 
-    n_train = len(pipeline.open_train(cfg, labels=False))
-    prior = build_prior(pipeline.for_seed(cfg, seed), num_images=n_train)
-    samples = {
-        "prior": prior.sample(20_000, generator=torch.Generator().manual_seed(0)).double().numpy()
+
+def _figures(cfg: Config, out: Path, seed: int) -> dict:
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    predictions, cells = _prediction_figure(cfg, out, seed, fig_dir)
+    prior = build_prior(resolve_prior(cfg, pipeline.open_train(cfg, labels=False)))
+    draws = prior.sample(20_000, generator=torch.Generator().manual_seed(0)).double().numpy()
+    samples = {"prior": draws, **{name: np.concatenate(v) for name, v in cells.items() if v}}
+    return {
+        "predictions": str(predictions),
+        "curves": str(_curves_figure(out, fig_dir)),
+        "histograms": str(plot_count_histograms(samples, fig_dir / "histograms.png")),
     }
-    samples.update({name: np.concatenate(v) for name, v in cells.items() if v})
-    paths["histograms"] = str(plot_count_histograms(samples, fig_dir / "histograms.png"))
-    return paths
+
+
+def _print_claim(claim: dict) -> None:
+    met = claim["css_beats_naive_by_20pct"] and claim["random_worse_than_both"]
+    print(
+        f"[demo] claim {'MET' if met else 'NOT met'}: CSS-CCNN MAE {claim['css_mae']:.1f} = "
+        f"{claim['css_ratio_to_best_naive']:.2f} × best of Mean ({claim['mean_mae']:.1f}) / "
+        f"P_prior ({claim['prior_mae']:.1f}); Random {claim['random_mae']:.1f}; "
+        f"CSS-CCNN++ {claim['css_plus_mae']:.1f}",
+        flush=True,
+    )
 
 
 def run_demo(
@@ -123,65 +140,40 @@ def run_demo(
     progress: bool = True,
     data_root_given: bool = False,
 ) -> dict:
-    """Run the whole pipeline for seeds ``0..seeds-1``; returns the demo summary."""
-    from .baselines import train_supervised
-    from .cli import _make_synthetic
-    from .stage1 import train_stage1
-    from .stage2 import train_stage2
+    """Run the whole pipeline for seeds ``0..seeds-1``; returns the demo summary.
 
+    Args:
+        cfg: the configuration (``cpu`` preset on the command line).
+        out: the run folder; the synthetic dataset goes to ``out/data`` unless
+            ``data_root_given``.
+        seeds: independent runs (seeds ``0..seeds-1``).
+        supervised: also train the labeled baselines.
+        ablation: also train "Without Stage 1".
+        progress: show progress bars.
+        data_root_given: use ``cfg.data.root`` as it is (any labeled dataset).
+    """
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not data_root_given:
         cfg.data.root = str(out / "data")
-    if not (Path(cfg.data.root) / "synthetic.json").is_file():
-        print(f"[demo] generating the synthetic dataset in {cfg.data.root}", flush=True)
-        _make_synthetic(cfg)
-    save_config(cfg, out / "config.json")
-    timings: dict = {}
-    for seed in range(seeds):
-        c = pipeline.for_seed(cfg, seed)
-        sdir = pipeline.seed_dir(out, seed)
-        train = pipeline.open_train(c, labels=False)
-        t = time.perf_counter()
-        s1 = train_stage1(train, c, sdir / "stage1", progress=progress)
-        timings[f"seed{seed}/stage1"] = time.perf_counter() - t
-        print(
-            f"[demo] seed {seed}: stage 1 rotation accuracy {s1.best_accuracy:.3f} "
-            f"(epoch {s1.fit.best_epoch}) in {timings[f'seed{seed}/stage1']:.0f} s",
-            flush=True,
+        print(f"[demo] synthetic dataset ({cfg.data.synthetic_family}) in {cfg.data.root}")
+        pipeline.make_synthetic_dataset(cfg)
+    if not pipeline.has_labels(cfg, "test"):
+        raise ValueError(
+            f"the demo evaluates on labeled test images and {cfg.data.root} has none; train on "
+            "unlabeled data with: python -m examples.css_ccnn train --data-root DIR --cf-max N"
         )
-        runs = [("plain", s1.best_path, "stage2_plain"), ("plus", s1.best_path, "stage2_plus")]
-        if ablation:
-            runs.append(("plain", None, "stage2_nostage1"))
-        for variant, fen, sub in runs:
-            t = time.perf_counter()
-            r = train_stage2(
-                train, c, sdir / sub, fen_checkpoint=fen, variant=variant, progress=progress
-            )
-            timings[f"seed{seed}/{sub}"] = time.perf_counter() - t
-            print(
-                f"[demo] seed {seed}: {sub} val loss {r.fit.best_metric:.4g} (epoch {r.fit.best_epoch}) "
-                f"in {timings[f'seed{seed}/{sub}']:.0f} s",
-                flush=True,
-            )
-        if supervised:
-            labeled = pipeline.open_train(c, labels=True)
-            for mode, fen in (("full", None), ("ssl", s1.best_path)):
-                t = time.perf_counter()
-                train_supervised(
-                    labeled,
-                    c,
-                    sdir / f"supervised_{mode}",
-                    mode=mode,
-                    fen_checkpoint=fen,
-                    progress=progress,
-                )
-                timings[f"seed{seed}/supervised_{mode}"] = time.perf_counter() - t
-    t = time.perf_counter()
-    table, _ = pipeline.evaluate_run(cfg, out, list(range(seeds)), progress=progress)
-    timings["evaluate"] = time.perf_counter() - t
-    print(table.markdown(), flush=True)
+    run = pipeline.run_experiment(
+        cfg,
+        out,
+        list(range(seeds)),
+        supervised=supervised,
+        ablation=ablation,
+        progress=progress,
+    )
+    cfg, table, timings = run["config"], run["table"], run["timings"]
+    save_config(cfg, out / "config.json")
     t = time.perf_counter()
     figures = _figures(cfg, out, 0)
     timings["figures"] = time.perf_counter() - t
@@ -196,16 +188,6 @@ def run_demo(
         "results": {k: str(out / f"results.{k}") for k in ("json", "csv", "md")},
     }
     atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2) + "\n")
-    verdict = (
-        "MET"
-        if claim["css_beats_naive_by_20pct"] and claim["random_worse_than_both"]
-        else "NOT met"
-    )
-    print(
-        f"[demo] claim {verdict}: CSS-CCNN MAE {claim['css_mae']:.1f} = {claim['css_ratio_to_best_naive']:.2f} × "
-        f"best of Mean ({claim['mean_mae']:.1f}) / P_prior ({claim['prior_mae']:.1f}); "
-        f"Random {claim['random_mae']:.1f}; CSS-CCNN++ {claim['css_plus_mae']:.1f}",
-        flush=True,
-    )
+    _print_claim(claim)
     print(f"[demo] figures in {out / 'figures'}; summary {out / 'demo_summary.json'}", flush=True)
     return summary

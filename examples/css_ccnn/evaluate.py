@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_text
-from .data.datasets import CrowdDataset
+from .data.datasets import CrowdDataset, require_labeled
 from .data.transforms import resize_for_test
 
 __all__ = [
@@ -145,22 +146,19 @@ def evaluate(
     *,
     min_side: int = 224,
     max_side: int = 1024,
+    scale: float = 1.0,
     game_levels: int = 3,
     progress: bool = False,
     desc: str = "evaluate",
 ) -> EvalResult:
-    """Evaluate ``predictor`` on a labeled test set (one prediction per full, resized image)."""
-    if not isinstance(dataset, CrowdDataset):
-        raise TypeError(f"dataset must be a CrowdDataset, got {type(dataset).__name__}")
-    if not dataset.labels:
-        raise ValueError("evaluation needs ground truth: open the test set with labels=True")
-    from tqdm.auto import tqdm
-
+    """Evaluate ``predictor`` on a labeled test set (one prediction per full, resized image:
+    ``resize_for_test`` with ``min_side``, ``max_side``, ``scale``)."""
+    require_labeled(dataset, "evaluate (ground truth of the test set)")
     pred_counts, true_counts, paths = [], [], []
     games = {level: [] for level in range(game_levels + 1)}
     for sample in tqdm(dataset, desc=desc, disable=not progress, leave=False):
         image, points = resize_for_test(
-            sample.image, sample.points, min_side=min_side, max_side=max_side
+            sample.image, sample.points, min_side=min_side, max_side=max_side, scale=scale
         )
         density = np.asarray(predictor(image), dtype=np.float64)
         pred_counts.append(float(density.sum()))

@@ -22,11 +22,14 @@ implementation never does.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from .checkpoint import CheckpointError, load_checkpoint, load_state
 
 __all__ = [
     "CAFFE_MEANS",
@@ -35,6 +38,7 @@ __all__ = [
     "FENFeatures",
     "FeatureExtractor",
     "RotationHead",
+    "load_stage1_fen",
     "rotate_batch",
 ]
 
@@ -252,3 +256,32 @@ def rotate_batch(crops: Tensor, labels: Tensor, *, num_classes: int) -> Tensor:
             rotated = F.grid_sample(crop[None], grid, mode="bilinear", align_corners=False)[0]
         out.append(rotated[:, lo:hi, lo:hi])
     return torch.stack(out)
+
+
+def load_stage1_fen(model: CSSCCNN, path: str | Path) -> CSSCCNN:
+    """Copy the FEN weights and BatchNorm statistics of a stage-1 checkpoint into ``model``.
+
+    Args:
+        model (CSSCCNN): receives the FEN (its heads are left as they are).
+        path (str or Path): a checkpoint whose ``"model"`` state has ``fen.*`` keys.
+
+    Returns:
+        CSSCCNN: ``model``.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, damaged or unsafe, holds no FEN weights, or
+            was trained with another ``model.width``.
+    """
+    ckpt = load_checkpoint(path, require=("model",))
+    meta = ckpt.get("meta") or {}
+    if "width" in meta and float(meta["width"]) != model.width:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with model.width={meta['width']}, but this model has "
+            f"model.width={model.width}: use the same preset or --set model.width={meta['width']}"
+        )
+    state = ckpt["model"]
+    fen_state = {k[len("fen.") :]: v for k, v in state.items() if k.startswith("fen.")}
+    if not fen_state:
+        raise CheckpointError(f"checkpoint {path} holds no FEN weights (keys 'fen.*')")
+    load_state(model.fen, fen_state, path, meta=meta)
+    return model

@@ -2,7 +2,8 @@
 
 * :func:`plot_predictions` — image | predictions | ground truth, like the paper's Fig. 4;
 * :func:`plot_curves` — training curves (stage-1 rotation accuracy, stage-2 validation loss);
-* :func:`plot_count_histograms` — predicted cell counts vs prior samples on log axes.
+* :func:`plot_count_histograms` — predicted cell counts vs prior samples: survival functions and a
+  Q-Q plot against the prior.
 """
 
 from __future__ import annotations
@@ -79,28 +80,47 @@ def plot_curves(curves: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_count_histograms(samples: dict, path: str | Path, *, bins: int = 40) -> Path:
-    """Histogram (density) of cell counts for each labeled sample set, log-log axes.
+def _label(name: str, values: np.ndarray) -> str:
+    return f"{name} (mean {values.mean():.2f}, {100 * np.mean(values < 0.05):.0f} % < 0.05)"
+
+
+def plot_count_histograms(samples: dict, path: str | Path, *, floor: float = 1e-2) -> Path:
+    """Predicted vs prior cell counts: survival functions and a Q-Q plot against the prior.
+
+    Left: P(cell count > x) for every sample set on log-log axes (the tails). Right: the
+    quantiles of every set against the prior's (the same probabilities), with the diagonal: a
+    set that the Sinkhorn loss matched to the prior lies on it. Counts below ``floor`` are
+    drawn at ``floor``; the legend gives each set's mean and share of near-empty cells.
 
     Args:
-        samples: ``{label: 1-D array of cell counts}`` (e.g. prior, CSS-CCNN, truth).
+        samples: ``{label: 1-D array of cell counts}``; ``"prior"`` is the reference of the
+            Q-Q plot (e.g. prior, CSS-CCNN, CSS-CCNN++, ground truth).
     """
     plt = _plt()
-    positive = np.concatenate([np.asarray(v)[np.asarray(v) > 0] for v in samples.values()])
-    lo, hi = max(float(positive.min()), 1e-2), float(positive.max())
-    edges = np.logspace(np.log10(lo), np.log10(hi * 1.01), bins)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for label, values in samples.items():
-        values = np.asarray(values, dtype=np.float64)
-        hist, _ = np.histogram(values, bins=edges, density=True)
-        centres = np.sqrt(edges[1:] * edges[:-1])
-        ax.plot(centres[hist > 0], hist[hist > 0], marker=".", lw=1, label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("cell count")
-    ax.set_ylabel("density")
-    ax.set_title("cell counts: predictions vs prior", fontsize=9)
-    ax.legend(fontsize=7)
+    sets = {k: np.sort(np.asarray(v, dtype=np.float64).ravel()) for k, v in samples.items()}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    probs = np.linspace(0.005, 0.995, 199)
+    ref = np.quantile(sets["prior"], probs) if "prior" in sets else None
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, values) in enumerate(sets.items()):
+        colour = colours[i % len(colours)]
+        x = np.maximum(values, floor)
+        surv = 1.0 - np.arange(len(x)) / len(x)
+        left.plot(x, surv, lw=1.2, color=colour, label=_label(name, values))
+        if ref is not None and name != "prior":
+            q = np.maximum(np.quantile(values, probs), floor)
+            right.plot(
+                np.maximum(ref, floor), q, marker=".", ms=3, lw=0.8, color=colour, label=name
+            )
+    left.set(xscale="log", yscale="log", xlabel="cell count x", ylabel="P(cell count > x)")
+    left.set_title("cell counts of the test images vs the prior", fontsize=9)
+    left.legend(fontsize=7)
+    if ref is not None:
+        lim = [floor, max(float(np.max(ref)), floor * 10)]
+        right.plot(lim, lim, color="gray", lw=0.8, ls="--", label="= prior")
+        right.set(xscale="log", yscale="log", xlabel="prior quantile", ylabel="quantile")
+        right.set_title("Q-Q against the prior (on the diagonal: matched)", fontsize=9)
+        right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

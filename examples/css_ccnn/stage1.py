@@ -15,25 +15,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .checkpoint import EarlyStopping, load_checkpoint
-from .config import Config, config_to_dict, save_config
+from .checkpoint import EarlyStopping
+from .config import Config
 from .data.datasets import CrowdDataset
-from .model import CSSCCNN, rotate_batch
-from .prepare import ImageBank, fixed_offsets, random_offset, split_train_val
-from .training import FitResult, fit, make_optimizer, resolve_device
+from .model import rotate_batch
+from .prepare import fixed_offsets, random_offset
+from .training import FitResult, Run, setup_run
 
-__all__ = ["Stage1Result", "load_stage1_fen", "require_unlabeled", "train_stage1"]
-
-
-def require_unlabeled(dataset: CrowdDataset, what: str) -> None:
-    """The label-free guarantee: training code refuses datasets opened with ``labels=True``."""
-    if not isinstance(dataset, CrowdDataset):
-        raise TypeError(f"{what} expects a CrowdDataset, got {type(dataset).__name__}")
-    if dataset.labels:
-        raise ValueError(
-            f"{what} is label-free: open the training images with open_dataset(..., labels=False) "
-            "(got a dataset with labels=True)"
-        )
+__all__ = ["Stage1Result", "train_stage1"]
 
 
 @dataclass
@@ -47,6 +36,58 @@ class Stage1Result:
 
 def _to_batch(images: list, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float()
+
+
+def _train_epoch(run: Run) -> dict:
+    """One pass over random rotated crops (``crops_per_image`` per training image)."""
+    s1, rng, bank = run.cfg.stage1, run.np_rng, run.train
+    k, size = run.cfg.model.rotations, s1.crop_size
+    order = rng.permutation(np.repeat(np.arange(len(bank)), s1.crops_per_image))
+    total, correct, count = 0.0, 0, 0
+    for start in range(0, len(order), s1.batch_size):
+        crops = []
+        for j in order[start : start + s1.batch_size]:
+            image, _ = bank[int(j)].view(s1.hflip and bool(rng.random() < 0.5))
+            top, left = random_offset(image.shape[0], image.shape[1], size, rng)
+            crops.append(image[top : top + size, left : left + size])
+        labels = torch.from_numpy(rng.integers(0, k, size=len(crops))).to(run.device)
+        x = rotate_batch(_to_batch(crops, run.device), labels, num_classes=k)
+        logits = run.model.rotation_logits(x)
+        loss = F.cross_entropy(logits, labels)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        total += float(loss.detach()) * len(crops)
+        correct += int((logits.argmax(1) == labels).sum())
+        count += len(crops)
+    return {"loss": total / count, "train_acc": correct / count}
+
+
+def _validation_crops(run: Run) -> list:
+    """Fixed ``(image, top, left)`` crop positions of the validation images."""
+    s1, items = run.cfg.stage1, []
+    for j in range(len(run.val)):
+        h, w = run.val[j].image.shape[:2]
+        for top, left in fixed_offsets(h, w, s1.crop_size, s1.val_crops_per_image):
+            items.append((j, top, left))
+    return items
+
+
+def _validate(run: Run, items: list) -> float:
+    """Rotation accuracy over every validation crop in every rotation (deterministic)."""
+    s1, k = run.cfg.stage1, run.cfg.model.rotations
+    size, batch = s1.crop_size, max(1, s1.batch_size)
+    correct, count = 0, 0
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        crops = [run.val[j].image[top : top + size, left : left + size] for j, top, left in chunk]
+        x = _to_batch(crops, run.device)
+        for label in range(k):
+            labels = torch.full((len(crops),), label, dtype=torch.long, device=run.device)
+            logits = run.model.rotation_logits(rotate_batch(x, labels, num_classes=k))
+            correct += int((logits.argmax(1) == labels).sum())
+            count += len(crops)
+    return correct / count
 
 
 def train_stage1(
@@ -64,104 +105,27 @@ def train_stage1(
         cfg: resolved configuration (``cfg.stage1``, ``cfg.model``, ``cfg.data``, ``cfg.seed``).
         out_dir: output directory (the resolved config is written there).
         stop_after: stop after this many epochs of this call (simulated interruption).
+        progress: show a progress bar.
     """
-    require_unlabeled(dataset, "train_stage1")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.json")
-    s1 = cfg.stage1
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = CSSCCNN(width=cfg.model.width, rotations=cfg.model.rotations).to(device)
-    optimizer = make_optimizer([*model.fen.parameters(), *model.rotation_head.parameters()], s1)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    np_rng = np.random.default_rng(cfg.seed)
-    train_idx, val_idx = split_train_val(
-        len(dataset), cfg.data.val_fraction, seed=cfg.data.split_seed
-    )
-    min_side = max(cfg.data.min_side, s1.crop_size)
-    train_bank = ImageBank(
+    run = setup_run(
         dataset,
-        train_idx,
-        min_side=min_side,
-        max_side=cfg.data.max_side,
-        cache=cfg.data.cache_images,
+        cfg,
+        out_dir,
+        what="train_stage1",
+        labels=False,
+        section=cfg.stage1,
+        trainable=lambda m: [*m.fen.parameters(), *m.rotation_head.parameters()],
+        seed_offset=0,
+        meta={"stage": 1},
     )
-    val_bank = ImageBank(
-        dataset, val_idx, min_side=min_side, max_side=cfg.data.max_side, cache=cfg.data.cache_images
-    )
-    k = cfg.model.rotations
-    size = s1.crop_size
-
-    def train_epoch(epoch: int) -> dict:
-        order = np_rng.permutation(np.repeat(np.arange(len(train_bank)), s1.crops_per_image))
-        total, correct, count = 0.0, 0, 0
-        for start in range(0, len(order), s1.batch_size):
-            crops = []
-            for j in order[start : start + s1.batch_size]:
-                prepared = train_bank[int(j)]
-                image, _ = prepared.view(s1.hflip and bool(np_rng.random() < 0.5))
-                top, left = random_offset(image.shape[0], image.shape[1], size, np_rng)
-                crops.append(image[top : top + size, left : left + size])
-            labels = torch.from_numpy(np_rng.integers(0, k, size=len(crops))).to(device)
-            x = rotate_batch(_to_batch(crops, device), labels, num_classes=k)
-            logits = model.rotation_logits(x)
-            loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(crops)
-            correct += int((logits.argmax(1) == labels).sum())
-            count += len(crops)
-        return {"loss": total / count, "train_acc": correct / count}
-
-    val_crops = []
-    for j in range(len(val_bank)):
-        image = val_bank[j].image
-        for top, left in fixed_offsets(
-            image.shape[0], image.shape[1], size, s1.val_crops_per_image
-        ):
-            val_crops.append((j, top, left))
-
-    def validate(epoch: int) -> float:
-        correct, count = 0, 0
-        for start in range(0, len(val_crops), max(1, s1.batch_size)):
-            chunk = val_crops[start : start + s1.batch_size]
-            crops = [
-                val_bank[j].image[top : top + size, left : left + size] for j, top, left in chunk
-            ]
-            x = _to_batch(crops, device)
-            for label in range(k):
-                labels = torch.full((len(crops),), label, dtype=torch.long, device=device)
-                logits = model.rotation_logits(rotate_batch(x, labels, num_classes=k))
-                correct += int((logits.argmax(1) == labels).sum())
-                count += len(crops)
-        return correct / count
-
-    stopper = EarlyStopping(mode="max", patience=s1.patience, window=1)
-    result = fit(
-        out_dir=out_dir,
-        model=model,
-        optimizer=optimizer,
-        epochs=s1.epochs,
-        train_epoch=train_epoch,
-        validate=validate,
-        stopper=stopper,
-        generator=generator,
-        np_rng=np_rng,
+    val_items = _validation_crops(run)
+    result = run.fit(
+        epochs=cfg.stage1.epochs,
+        train_epoch=lambda epoch: _train_epoch(run),
+        validate=lambda epoch: _validate(run, val_items),
+        stopper=EarlyStopping(mode="max", patience=cfg.stage1.patience, window=1),
         desc=f"stage1 seed {cfg.seed}",
         stop_after=stop_after,
         progress=progress,
-        meta={"stage": 1, "width": cfg.model.width, "rotations": k, "config": config_to_dict(cfg)},
     )
     return Stage1Result(fit=result, best_path=result.best_path, best_accuracy=result.best_metric)
-
-
-def load_stage1_fen(model: CSSCCNN, path: str | Path) -> CSSCCNN:
-    """Copy the FEN weights and BatchNorm statistics of a stage-1 checkpoint into ``model``."""
-    state = load_checkpoint(path)["model"]
-    fen_state = {k[len("fen.") :]: v for k, v in state.items() if k.startswith("fen.")}
-    if not fen_state:
-        raise ValueError(f"{str(path)!r} holds no FEN weights (keys 'fen.*')")
-    model.fen.load_state_dict(fen_state)
-    return model

@@ -17,8 +17,10 @@ All three kernels share one layout and one streaming pattern:
   whose whole block lies beyond the valid length exits after writing zeros, so a ragged batch
   costs in proportion to its real sizes.
 * The cost is generated on the fly, coordinate by coordinate (exact differences, no
-  ``|x|^2 + |y|^2 - 2<x, y>`` cancellation): ``C = sum_d (x_d - y_d)^2``, square-rooted when
-  ``EUCLID``.
+  ``|x|^2 + |y|^2 - 2<x, y>`` cancellation): ``sq = sum_d (x_d - y_d)^2`` and
+  ``C = sq^(p/2)`` for the constexpr ``POWER = p`` (``p = 2``: ``sq``; ``p = 1``: its square
+  root; otherwise ``exp(p/2 log sq)``). The cost's scale ``s`` is folded into ``INV_EPS``
+  (``s / eps``) by the caller, which also multiplies the point gradients by ``s``.
 """
 
 from __future__ import annotations
@@ -76,14 +78,23 @@ def _tile_sqdist(
 
 
 @triton.jit
-def _cost_and_coef(sq, EUCLID: tl.constexpr):
-    """Cost C and the factor k with dC/dx = k (x - y): C = sq, k = 2, or C = sqrt(sq), k = 1/C."""
-    if EUCLID:
+def _cost_and_coef(sq, POWER: tl.constexpr):
+    """Cost C = sq^(p/2) (unscaled) and k with dC/dx = k (x - y): k = p sq^(p/2 - 1), 0 at sq = 0.
+
+    ``POWER`` is ``p`` (a float, >= 1): 2 gives C = sq, k = 2; 1 gives C = sqrt(sq), k = 1/C;
+    any other ``p`` is evaluated as exp(p/2 log sq).
+    """
+    if POWER == 2.0:
+        cost = sq
+        coef = tl.full(sq.shape, 2.0, sq.dtype)
+    elif POWER == 1.0:
         cost = tl.sqrt(sq)
         coef = tl.where(sq > 0.0, 1.0 / tl.where(sq > 0.0, cost, 1.0), 0.0)
     else:
-        cost = sq
-        coef = tl.full(sq.shape, 2.0, sq.dtype)
+        pos = sq > 0.0
+        safe = tl.where(pos, sq, 1.0)
+        cost = tl.where(pos, tl.exp((0.5 * POWER) * tl.log(safe)), 0.0)
+        coef = tl.where(pos, POWER * cost / safe, 0.0)
     return cost, coef
 
 
@@ -102,7 +113,7 @@ def softmin_fwd_kernel(
     M,
     n_blocks,
     D: tl.constexpr,
-    EUCLID: tl.constexpr,
+    POWER: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -130,7 +141,7 @@ def softmin_fwd_kernel(
         m_mask = offs_m < m_hi
         hj = tl.load(h_base + offs_m, mask=m_mask, other=float("-inf")).to(ACC)
         sq = _tile_sqdist(x_base, y_base, offs_n, offs_m, n_mask, m_mask, D, ACC, BLOCK_N, BLOCK_M)
-        cost, _ = _cost_and_coef(sq, EUCLID)
+        cost, _ = _cost_and_coef(sq, POWER)
         s = hj[None, :] - cost * inv_eps
         new_max = tl.maximum(run_max, tl.reduce(s, 1, _max))
         # exp(-inf - (-inf)) would be NaN: shift by 0 while every column seen so far is masked.
@@ -165,7 +176,7 @@ def softmin_bwd_rows_kernel(
     n_blocks,
     D: tl.constexpr,
     DP: tl.constexpr,
-    EUCLID: tl.constexpr,
+    POWER: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -204,7 +215,7 @@ def softmin_bwd_rows_kernel(
         m_mask = offs_m < m_hi
         hj = tl.load(h_base + offs_m, mask=m_mask, other=float("-inf")).to(ACC)
         sq = _tile_sqdist(x_base, y_base, offs_n, offs_m, n_mask, m_mask, D, ACC, BLOCK_N, BLOCK_M)
-        cost, coef = _cost_and_coef(sq, EUCLID)
+        cost, coef = _cost_and_coef(sq, POWER)
         pi = tl.exp(hj[None, :] - cost * inv_eps - lse[:, None])
         wk = pi * coef
         row_sum += tl.reduce(wk, 1, _add)
@@ -248,7 +259,7 @@ def softmin_bwd_cols_kernel(
     n_blocks,
     D: tl.constexpr,
     DP: tl.constexpr,
-    EUCLID: tl.constexpr,
+    POWER: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -287,7 +298,7 @@ def softmin_bwd_cols_kernel(
         w = tl.load(W + b * N + offs_n, mask=n_mask, other=0.0).to(ACC)
         w = tl.where(finite, w, 0.0)
         sq = _tile_sqdist(x_base, y_base, offs_n, offs_m, n_mask, m_mask, D, ACC, BLOCK_N, BLOCK_M)
-        cost, coef = _cost_and_coef(sq, EUCLID)
+        cost, coef = _cost_and_coef(sq, POWER)
         wpi = w[:, None] * tl.exp(hj[None, :] - cost * inv_eps - lse[:, None])
         col_mass += tl.reduce(wpi, 0, _add)
         wk = wpi * coef

@@ -1,23 +1,25 @@
-"""Fused, batched soft-min in Triton: one launch per half step for a whole batch of problems.
+r"""Fused, batched soft-min in Triton: one launch per half step for a whole batch of problems.
 
 The kernel streams the cost matrix the way flash-attention streams attention scores: the grid
 runs over (problem, block of rows); each program loops over blocks of columns keeping a running
 maximum and a rescaled sum (online log-sum-exp), generating
-:math:`C_{ij} = \\|x_i - y_j\\|^2` or :math:`\\|x_i - y_j\\|` from the coordinates on the fly.
+:math:`C_{ij} = s\,\|x_i - y_j\|^p` (any ``p >= 1``; :math:`\|x_i - y_j\|^2` and
+:math:`\|x_i - y_j\|` have their own exact branches) from the coordinates on the fly.
 Nothing of size ``N x M`` is ever stored, in the forward or the backward pass.
 
 .. math::
 
-    \\operatorname{out}_i = -\\varepsilon \\log \\sum_j \\exp\\big(h_j - C_{ij}/\\varepsilon\\big),
-    \\qquad
-    \\pi_{ij} = \\exp\\big(h_j - C_{ij}/\\varepsilon - \\mathrm{lse}_i\\big).
+    \operatorname{out}_i = -\varepsilon \log \sum_j \exp\big(h_j - C_{ij}/\varepsilon\big),
+    \qquad
+    \pi_{ij} = \exp\big(h_j - C_{ij}/\varepsilon - \mathrm{lse}_i\big).
 
-Backward (two more launches, O(N + M) memory), with :math:`w = \\partial L/\\partial\\,\\mathrm{out}`:
-:math:`\\partial_{h_j} = -\\varepsilon \\sum_i w_i \\pi_{ij}`,
-:math:`\\partial_{x_i} = w_i \\sum_j \\pi_{ij} \\partial_x C_{ij}` (for the squared cost
+Backward (two more launches, O(N + M) memory), with :math:`w = \partial L/\partial\,\mathrm{out}`:
+:math:`\partial_{h_j} = -\varepsilon \sum_i w_i \pi_{ij}`,
+:math:`\partial_{x_i} = w_i \sum_j \pi_{ij} \partial_x C_{ij}` (for the squared cost
 :math:`2 w_i (x_i - T(x_i))`, :math:`T` the barycentric map) and
-:math:`\\partial_{y_j} = \\sum_i w_i \\pi_{ij} \\partial_y C_{ij}`. The Euclidean gradient
-:math:`(x - y)/\\|x - y\\|` is taken as 0 at :math:`x = y`.
+:math:`\partial_{y_j} = \sum_i w_i \pi_{ij} \partial_y C_{ij}`. The gradient
+:math:`s\,p\,\|x - y\|^{p-2}(x - y)` is taken as 0 at :math:`x = y` (for ``p = 1`` a
+subgradient).
 
 Precision: float16, bfloat16 and float32 inputs are accumulated in float32 and the output is
 float32; float64 inputs are computed in float64 throughout (Triton supports float64 arithmetic;
@@ -34,13 +36,17 @@ References:
     transport and MMD using Sinkhorn divergences*, AISTATS 2019. Dao et al., *FlashAttention*,
     NeurIPS 2022 (the online log-sum-exp tiling).
 
+The plain torch reference the kernels are tested against is the dense backend,
+:class:`sinkmatch.backends.dense.DenseSoftmin` (float32 accumulation for half inputs, as here).
+
 Example:
     >>> import torch
-    >>> from sinkmatch.backends.triton import softmin_reference
+    >>> from sinkmatch.backends.dense import DenseSoftmin
+    >>> from sinkmatch.costs import get_cost
     >>> x = torch.tensor([[[0.0], [1.0]]])
     >>> y = torch.tensor([[[0.0], [2.0]]])
     >>> h = torch.zeros(1, 2)
-    >>> softmin_reference(1.0, x, y, h, "sqeuclidean")
+    >>> DenseSoftmin().softmin(1.0, x, y, h, get_cost("sqeuclidean"))  # what the kernel computes
     tensor([[-0.0181,  0.3069]])
 """
 
@@ -53,19 +59,27 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, cast
 
 import torch
 from torch import Tensor
 
+from sinkmatch._checks import (
+    check_float_tensor,
+    check_positive_int,
+    check_real,
+    compute_dtype,
+    describe,
+)
+from sinkmatch.backends.base import Backend, last_positive
+from sinkmatch.costs import get_cost, is_power_cost
+
 if TYPE_CHECKING:
     from types import ModuleType
 
-__all__ = ["TritonSoftmin", "softmin_reference", "triton_softmin"]
+__all__ = ["TritonSoftmin", "triton_softmin"]
 
-_COSTS = ("sqeuclidean", "euclidean")
 # Coordinates per point: the backward keeps a (BLOCK_N, next_pow2(D)) accumulator in registers.
 MAX_DIM = 256
 _DOT_MAX_BLOCK = 32
@@ -73,49 +87,16 @@ _KERNEL_FILE = Path(__file__).with_name("_triton_kernels.py")
 _MODULES: dict[bool, ModuleType] = {}
 
 
-# --------------------------------------------------------------------------------------------
-# Reference
-# --------------------------------------------------------------------------------------------
-
-
-def _cost_name(cost: Any) -> str:
-    name = getattr(cost, "name", cost)
-    if not isinstance(name, str) or name not in _COSTS:
+def _cost_params(cost: Any) -> tuple[float, float]:
+    r"""``(p, s)`` of a named cost :math:`s\,\|x - y\|^p`: a name or a :class:`PowerCost`."""
+    if isinstance(cost, str) and cost in ("sqeuclidean", "euclidean"):
+        cost = get_cost(cost)
+    if not is_power_cost(cost):
         raise ValueError(
-            f"cost must be one of {list(_COSTS)} (or a Cost object with that name) for the "
-            f"triton backend, got {cost!r}; use backend='dense' for other costs"
+            "cost must be one of ['sqeuclidean', 'euclidean'] or a PowerCost (s |x - y|^p) for "
+            f"the triton backend, got {cost!r}; use backend='dense' for other costs"
         )
-    return name
-
-
-def softmin_reference(eps: float, x: Tensor, y: Tensor, h: Tensor, cost: Any) -> Tensor:
-    """Plain torch soft-min, the reference the kernels are tested against.
-
-    Builds the whole (B, N, M) cost matrix by coordinate differences and reduces it with
-    ``torch.logsumexp``; gradients come from torch autograd (the Euclidean cost uses a square
-    root whose gradient is 0 at 0, like the kernel).
-
-    Args:
-        eps: Entropic regularization, > 0.
-        x ((B, N, D) Tensor): Row points.
-        y ((B, M, D) Tensor): Column points.
-        h ((B, M) Tensor): Column log-weights plus scaled potential; ``-inf`` marks padding.
-        cost: ``"sqeuclidean"``, ``"euclidean"`` or a cost object with that ``name``.
-
-    Returns:
-        (B, N) Tensor: :math:`-\\varepsilon \\log \\sum_j \\exp(h_j - C_{ij}/\\varepsilon)` in
-        float32 (float64 for float64 inputs).
-    """
-    name = _cost_name(cost)
-    acc = _acc_dtype(x, y, h)
-    diff = x.to(acc)[:, :, None, :] - y.to(acc)[:, None, :, :]
-    sq = (diff * diff).sum(-1)
-    if name == "euclidean":
-        pos = sq > 0
-        c = torch.where(pos, torch.where(pos, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
-    else:
-        c = sq
-    return -eps * torch.logsumexp(h.to(acc)[:, None, :] - c / eps, dim=-1)
+    return cost.power, cost.scale
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,10 +174,6 @@ def _use_interpreter(device: torch.device) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _acc_dtype(*tensors: Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 def _tl_dtype(dtype: torch.dtype) -> Any:
     import triton.language as tl
 
@@ -208,25 +185,29 @@ class _Launch:
     """Everything a launch needs besides the tensors."""
 
     eps: float
-    euclid: bool
+    power: float
+    scale: float
     block_n: int
     block_m: int
     num_warps: int
     interpret: bool
 
 
-def _scalars(eps: float, like: Tensor) -> tuple[Tensor, Tensor]:
-    """``1/eps`` and ``-eps`` as one-element tensors of the compute dtype (cached).
+def _scalars(cfg: _Launch, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``s/eps`` and ``-eps`` as one-element tensors of the compute dtype (cached).
 
     Passed as tensors because Triton types Python float arguments as float32; cached so that a
-    Sinkhorn loop does not launch two fill kernels per half step.
+    Sinkhorn loop does not launch two fill kernels per half step. The kernels compute the
+    unscaled cost, so the cost's scale ``s`` enters through ``s/eps``.
     """
-    return _scalars_cached(float(eps), like.dtype, like.device)
+    return _scalars_cached(float(cfg.eps), float(cfg.scale), like.dtype, like.device)
 
 
 @functools.lru_cache(maxsize=64)
-def _scalars_cached(eps: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    inv = torch.full((1,), 1.0 / eps, dtype=dtype, device=device)
+def _scalars_cached(
+    eps: float, scale: float, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    inv = torch.full((1,), scale / eps, dtype=dtype, device=device)
     neg = torch.full((1,), -eps, dtype=dtype, device=device)
     return inv, neg
 
@@ -244,10 +225,10 @@ def _forward(cfg: _Launch, x: Tensor, y: Tensor, h: Tensor, n_valid: Tensor, m_v
     k = _kernels(cfg.interpret)
     b, n, d = x.shape
     m = y.shape[1]
-    acc = _acc_dtype(x, y, h)
+    acc = compute_dtype(x, y, h)
     out = torch.empty((b, n), dtype=acc, device=x.device)
     lse = torch.empty((b, n), dtype=acc, device=x.device)
-    inv, neg = _scalars(cfg.eps, out)
+    inv, neg = _scalars(cfg, out)
     n_blocks = -(-n // cfg.block_n)
     extra = _launch_options(cfg)
     with _device_ctx(x):
@@ -265,7 +246,7 @@ def _forward(cfg: _Launch, x: Tensor, y: Tensor, h: Tensor, n_valid: Tensor, m_v
             m,
             n_blocks,
             D=d,
-            EUCLID=cfg.euclid,
+            POWER=cfg.power,
             ACC=_tl_dtype(acc),
             BLOCK_N=cfg.block_n,
             BLOCK_M=cfg.block_m,
@@ -291,7 +272,7 @@ def _backward(
     m = y.shape[1]
     acc = lse.dtype
     dp = 1 << max(0, (d - 1).bit_length())
-    inv, neg = _scalars(cfg.eps, lse)
+    inv, neg = _scalars(cfg, lse)
     extra = _launch_options(cfg)
     # With >= 16 coordinates the weighted coordinate sums are a tl.dot whose operands and
     # (BLOCK, DP) accumulator must stay in registers: blocks above 32 spill (ptxas, sm_90).
@@ -300,7 +281,7 @@ def _backward(
     common = {
         "D": d,
         "DP": dp,
-        "EUCLID": cfg.euclid,
+        "POWER": cfg.power,
         "ACC": _tl_dtype(acc),
         "BLOCK_N": block_n,
         "BLOCK_M": block_m,
@@ -321,6 +302,9 @@ def _backward(
             k.softmin_bwd_cols_kernel[(b * m_blocks,)](
                 x, y, h, lse, w, inv, neg, n_valid, m_valid, gy, gh, n, m, m_blocks, **common
             )
+    if cfg.scale != 1.0:  # the kernels differentiate the unscaled cost
+        gx = None if gx is None else gx.mul_(cfg.scale)
+        gy = None if gy is None else gy.mul_(cfg.scale)
     return gx, gy, gh
 
 
@@ -359,45 +343,35 @@ class _SoftminFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 
 
-def _describe(t: object) -> str:
-    if isinstance(t, Tensor):
-        return f"Tensor(shape={tuple(t.shape)}, dtype={t.dtype}, device={t.device})"
-    return f"{type(t).__name__} {t!r}"[:200]
-
-
 def _check_inputs(eps: object, x: object, y: object, h: object) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, Real) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a finite positive number, got {_describe(eps)}")
+    eps = check_real("eps", eps, gt=0, arrays=False)
     for name, t, ndim in (("x", x, 3), ("y", y, 3), ("h", h, 2)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {_describe(t)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must have a floating dtype, got {_describe(t)}")
+        check_float_tensor(name, t)
         if t.ndim != ndim:
             shape = "(B, M)" if name == "h" else f"(B, {'N' if name == 'x' else 'M'}, D)"
-            raise ValueError(f"{name} must have shape {shape}, got {_describe(t)}")
+            raise ValueError(f"{name} must have shape {shape}, got {describe(t)}")
     x, y, h = cast(Tensor, x), cast(Tensor, y), cast(Tensor, h)
     if y.shape[0] != x.shape[0] or y.shape[2] != x.shape[2]:
         raise ValueError(
-            f"y must have shape (B, M, D) with B and D of x {tuple(x.shape)}, got {_describe(y)}"
+            f"y must have shape (B, M, D) with B and D of x {tuple(x.shape)}, got {describe(y)}"
         )
     if tuple(h.shape) != (y.shape[0], y.shape[1]):
-        raise ValueError(f"h must have shape (B, M) = {tuple(y.shape[:2])}, got {_describe(h)}")
+        raise ValueError(f"h must have shape (B, M) = {tuple(y.shape[:2])}, got {describe(h)}")
     if x.shape[2] > MAX_DIM:
         raise ValueError(
-            f"the triton backend supports D <= {MAX_DIM} coordinates, got x {_describe(x)}; "
+            f"the triton backend supports D <= {MAX_DIM} coordinates, got x {describe(x)}; "
             "use backend='online'"
         )
     if y.device != x.device or h.device != x.device:
         raise ValueError(
             f"x, y and h must be on one device, got {x.device}, {y.device} and {h.device}"
         )
-    return float(eps)
+    return eps
 
 
 def _check_blocks(block_n: object, block_m: object, num_warps: object) -> None:
     for name, val in (("block_n", block_n), ("block_m", block_m), ("num_warps", num_warps)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1 or val & (val - 1):
+        if check_positive_int(name, val) & (val - 1):
             raise ValueError(f"{name} must be a positive power of two, got {val!r}")
 
 
@@ -411,17 +385,11 @@ def _lengths(lengths: Tensor | None, name: str, b: int, full: int, device: torch
         or lengths.dtype == torch.bool
     ):
         raise TypeError(
-            f"{name} must be an integer tensor of shape ({b},), got {_describe(lengths)}"
+            f"{name} must be an integer tensor of shape ({b},), got {describe(lengths)}"
         )
     if tuple(lengths.shape) != (b,):
-        raise ValueError(f"{name} must have shape ({b},), got {_describe(lengths)}")
+        raise ValueError(f"{name} must have shape ({b},), got {describe(lengths)}")
     return lengths.to(device=device, dtype=torch.int32).clamp(0, full).contiguous()
-
-
-def _last_finite(h: Tensor) -> Tensor:
-    """One past the last column with ``h != -inf`` per problem (NaN counts), (B,) int32."""
-    idx = torch.arange(1, h.shape[1] + 1, device=h.device, dtype=torch.int32)
-    return torch.where(h != -math.inf, idx, torch.zeros_like(idx)).amax(dim=1).to(torch.int32)
 
 
 def triton_softmin(
@@ -437,7 +405,7 @@ def triton_softmin(
     block_m: int = 32,
     num_warps: int = 4,
 ) -> Tensor:
-    """Batched soft-min :math:`-\\varepsilon \\log \\sum_j \\exp(h_j - C(x_i, y_j)/\\varepsilon)`.
+    r"""Batched soft-min :math:`-\varepsilon \log \sum_j \exp(h_j - C(x_i, y_j)/\varepsilon)`.
 
     Args:
         eps: Entropic regularization, > 0.
@@ -445,8 +413,9 @@ def triton_softmin(
         y ((B, M, D) Tensor): Column points.
         h ((B, M) Tensor): Column log-weights plus scaled potential; ``-inf`` marks padding and
             zero weights.
-        cost: ``"sqeuclidean"`` (:math:`\\|x-y\\|^2`), ``"euclidean"`` (:math:`\\|x-y\\|`) or a
-            cost object with one of these names.
+        cost: ``"sqeuclidean"`` (:math:`\|x-y\|^2`), ``"euclidean"`` (:math:`\|x-y\|`) or a
+            :class:`~sinkmatch.costs.PowerCost` (:math:`s\,\|x-y\|^p`, any ``p >= 1`` and
+            scale ``s``; ``SqEuclidean(scale=0.5)`` and ``Euclidean()`` are such objects).
         n_valid ((B,) int Tensor, optional): Rows ``i >= n_valid[b]`` are padding: not
             computed, returned as 0 with zero gradient. Default: all ``N`` rows.
         m_valid ((B,) int Tensor, optional): Columns ``j >= m_valid[b]`` are skipped; they must
@@ -467,16 +436,17 @@ def triton_softmin(
         TypeError: Non-tensor or non-floating inputs.
     """
     eps = _check_inputs(eps, x, y, h)
-    euclid = _cost_name(cost) == "euclidean"
+    power, scale = _cost_params(cost)
     _check_blocks(block_n, block_m, num_warps)
     interpret = _use_interpreter(x.device)
     if not interpret and min(block_n, block_m) < 16:
         raise ValueError(
-            f"block_n and block_m must be >= 16 on the GPU (tl.dot tiles), got {block_n} and {block_m}"
+            "block_n and block_m must be >= 16 on the GPU (tl.dot tiles), got "
+            f"{block_n} and {block_m}"
         )
     b, n, _ = x.shape
     m = y.shape[1]
-    acc = _acc_dtype(x, y, h)
+    acc = compute_dtype(x, y, h)
     nv = _lengths(n_valid, "n_valid", b, n, x.device)
     if m_valid is not None:
         mv = _lengths(m_valid, "m_valid", b, m, x.device)
@@ -485,8 +455,8 @@ def triton_softmin(
     if m == 0:
         return torch.full((b, n), math.inf, dtype=acc, device=x.device)
     if m_valid is None:
-        mv = _last_finite(h)
-    cfg = _Launch(eps, euclid, block_n, block_m, num_warps, interpret)
+        mv = last_positive(h != -math.inf)  # NaN is not padding
+    cfg = _Launch(eps, power, scale, block_n, block_m, num_warps, interpret)
     x, y, h = x.contiguous(), y.contiguous(), h.contiguous()
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad or h.requires_grad):
         return _SoftminFunction.apply(x, y, h, nv, mv, cfg)
@@ -494,7 +464,7 @@ def triton_softmin(
     return out
 
 
-class TritonSoftmin:
+class TritonSoftmin(Backend):
     """The ``"triton"`` soft-min backend (see :mod:`sinkmatch.backends.triton`).
 
     Args:
@@ -508,7 +478,7 @@ class TritonSoftmin:
     """
 
     name: ClassVar[str] = "triton"
-    # The solver passes n_valid/m_valid (trailing padding skipped) to backends declaring this.
+    # the loop's half steps pass n_valid/m_valid: trailing padding is skipped
     supports_valid_lengths: ClassVar[bool] = True
 
     def __init__(self, *, block_n: int = 64, block_m: int = 32, num_warps: int = 4):

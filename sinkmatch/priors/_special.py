@@ -1,36 +1,36 @@
-"""The scaled upper incomplete gamma function for any real shape, in float64 numpy.
+r"""The scaled upper incomplete gamma function for any real shape, in float64 numpy.
 
-The truncated power law needs :math:`\\Gamma(a, z)` for shapes :math:`a = 1 - \\alpha \\le 0`
+The truncated power law needs :math:`\Gamma(a, z)` for shapes :math:`a = 1 - \alpha \le 0`
 (``scipy.special.gammaincc`` only takes :math:`a > 0`). We evaluate the scaled function
 
 .. math::
 
-    Q(a, z) = z^{-a} e^{z} \\Gamma(a, z), \\qquad z > 0,
+    Q(a, z) = z^{-a} e^{z} \Gamma(a, z), \qquad z > 0,
 
-which is of order one wherever it is needed (:math:`Q(a, z) \\to -1/a` as :math:`z \\to 0` for
-:math:`a < 0`, :math:`Q(a, z) \\sim 1/z` as :math:`z \\to \\infty`), so neither under- nor overflows.
+which is of order one wherever it is needed (:math:`Q(a, z) \to -1/a` as :math:`z \to 0` for
+:math:`a < 0`, :math:`Q(a, z) \sim 1/z` as :math:`z \to \infty`), so neither under- nor overflows.
 
 Three regimes, each accurate to a few units in the last place of float64:
 
-* :math:`z \\ge z_s` (:math:`z_s = \\max(2, a + 1)`): Legendre's continued fraction
-  :math:`Q = 1/(z + 1 - a - \\frac{1 (1 - a)}{z + 3 - a - \\dots})`, evaluated by the modified Lentz
+* :math:`z \ge z_s` (:math:`z_s = \max(2, a + 1)`): Legendre's continued fraction
+  :math:`Q = 1/(z + 1 - a - \frac{1 (1 - a)}{z + 3 - a - \dots})`, evaluated by the modified Lentz
   method.
 * :math:`z < z_s`, :math:`a > 1/2`: ``gamma(a) * gammaincc(a, z)`` from scipy.
-* :math:`z < z_s`, :math:`a \\le 1/2`: the power series
-  :math:`\\Gamma(a, z) = \\Gamma(a) - \\sum_k (-1)^k z^{a+k} / (k! (a+k))`, where we write
-  :math:`a = -n + \\delta` with :math:`|\\delta| \\le 1/2` and combine the two terms that blow up as
-  :math:`\\delta \\to 0` (:math:`\\Gamma(a)` and the :math:`k = n` term) analytically:
+* :math:`z < z_s`, :math:`a \le 1/2`: the power series
+  :math:`\Gamma(a, z) = \Gamma(a) - \sum_k (-1)^k z^{a+k} / (k! (a+k))`, where we write
+  :math:`a = -n + \delta` with :math:`|\delta| \le 1/2` and combine the two terms that blow up as
+  :math:`\delta \to 0` (:math:`\Gamma(a)` and the :math:`k = n` term) analytically:
 
   .. math::
 
-      \\Gamma(a) - \\frac{(-1)^n z^{\\delta}}{n!\\,\\delta}
-        = \\frac{(-1)^n}{n!}\\Big[\\frac{\\Gamma(1+\\delta)/P_n(\\delta) - 1}{\\delta}
-          - \\frac{z^{\\delta} - 1}{\\delta}\\Big],
-      \\qquad P_n(\\delta) = \\prod_{j=1}^{n} (1 - \\delta / j),
+      \Gamma(a) - \frac{(-1)^n z^{\delta}}{n!\,\delta}
+        = \frac{(-1)^n}{n!}\Big[\frac{\Gamma(1+\delta)/P_n(\delta) - 1}{\delta}
+          - \frac{z^{\delta} - 1}{\delta}\Big],
+      \qquad P_n(\delta) = \prod_{j=1}^{n} (1 - \delta / j),
 
   both quotients being evaluated with ``exprel`` and a Taylor series of
-  :math:`\\log\\Gamma(1+\\delta)`, so integer :math:`a` (e.g. :math:`\\alpha = 2`,
-  :math:`\\Gamma(-1, z)`) and :math:`a` within 1e-12 of an integer are equally accurate.
+  :math:`\log\Gamma(1+\delta)`, so integer :math:`a` (e.g. :math:`\alpha = 2`,
+  :math:`\Gamma(-1, z)`) and :math:`a` within 1e-12 of an integer are equally accurate.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _q_scipy(a: float, z: np.ndarray) -> np.ndarray:
 
 
 def scaled_gammaincc(a: float, z: np.ndarray | float) -> np.ndarray:
-    """Scaled upper incomplete gamma function :math:`Q(a, z) = z^{-a} e^z \\Gamma(a, z)`.
+    r"""Scaled upper incomplete gamma function :math:`Q(a, z) = z^{-a} e^z \Gamma(a, z)`.
 
     Args:
         a: Any real shape (a Python float).
@@ -157,7 +157,7 @@ def scaled_gammaincc(a: float, z: np.ndarray | float) -> np.ndarray:
 
 
 def upper_gamma(a: float, z: np.ndarray | float) -> np.ndarray:
-    """Unscaled :math:`\\Gamma(a, z)` for any real ``a`` and ``z > 0`` (float64; may underflow)."""
+    r"""Unscaled :math:`\Gamma(a, z)` for any real ``a`` and ``z > 0`` (float64; may underflow)."""
     z = np.asarray(z, dtype=np.float64)
     with np.errstate(divide="ignore", over="ignore", under="ignore"):
         return np.exp(a * np.log(z) - z) * scaled_gammaincc(a, z)

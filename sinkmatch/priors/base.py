@@ -18,12 +18,13 @@ Sampling conventions: draws are made with ``torch.rand`` on the generator's devi
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+from sinkmatch._checks import check_int
 
 Array = Any  # float | np.ndarray | torch.Tensor
 
@@ -63,49 +64,6 @@ class Prior(Protocol):
 
 
 # ----------------------------------------------------------------------------------- validation
-
-
-def check_real(name: str, value: Any) -> float:
-    """Return ``value`` as a finite Python float or raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
-            value = value.item()
-        elif isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
-            value = value.item()
-        else:
-            raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
-
-
-def check_positive(name: str, value: Any) -> float:
-    """A finite real number > 0."""
-    value = check_real(name, value)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return value
-
-
-def check_nonnegative(name: str, value: Any) -> float:
-    """A finite real number >= 0."""
-    value = check_real(name, value)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return value
-
-
-def check_count(name: str, value: Any) -> int:
-    """A non-negative integer (Python or numpy int; not bool, not float)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"{name} must be a non-negative integer, got {value!r} ({type(value).__name__})"
-        )
-    value = int(value)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
 
 
 def check_float_dtype(dtype: Any) -> torch.dtype:
@@ -193,7 +151,7 @@ class PriorBase:
 
     # -- public API -----------------------------------------------------------------------------
     def cdf(self, c: Array) -> Array:
-        """Cumulative distribution function :math:`F(c) = P(C \\le c)` (float64 math).
+        r"""Cumulative distribution function :math:`F(c) = P(C \le c)` (float64 math).
 
         Args:
             c ((...) float, ndarray or Tensor): Points.
@@ -213,7 +171,7 @@ class PriorBase:
         return 1.0 - self._cdf(c)
 
     def logpdf(self, c: Array) -> Array:
-        """Log density :math:`\\log p(c)` (``-inf`` outside the support)."""
+        r"""Log density :math:`\log p(c)` (``-inf`` outside the support)."""
         arr, restore = to_numpy64(c, "c")
         return restore(self._logpdf(arr))
 
@@ -224,7 +182,7 @@ class PriorBase:
             return restore(np.exp(self._logpdf(arr)))
 
     def ppf(self, q: Array) -> Array:
-        """Quantile function :math:`F^{-1}(q) = \\inf\\{c : F(c) \\ge q\\}`.
+        r"""Quantile function :math:`F^{-1}(q) = \inf\{c : F(c) \ge q\}`.
 
         Args:
             q ((...) float, ndarray or Tensor): Probabilities in [0, 1] (NaN passes through).
@@ -258,7 +216,7 @@ class PriorBase:
         Returns:
             (n,) Tensor on ``device`` with dtype ``dtype``.
         """
-        n = check_count("n", n)
+        n = check_int("n", n, ge=0)
         dtype = check_float_dtype(dtype)
         work, out = resolve_device(generator, device)
         if n == 0:
@@ -271,7 +229,7 @@ class PriorBase:
 
         A 63-bit seed drawn from ``rng`` seeds a CPU ``torch.Generator`` used by :meth:`sample`.
         """
-        n = check_count("n", n)
+        n = check_int("n", n, ge=0)
         rng = np.random.default_rng(rng)
         g = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
         return self.sample(n, generator=g, dtype=torch.float64).numpy()

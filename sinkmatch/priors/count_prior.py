@@ -1,44 +1,39 @@
-"""λ from the maximum count, and the ready-to-use CSS-CCNN count prior.
+r"""λ from the maximum count, and the ready-to-use CSS-CCNN count prior.
 
 CSS-CCNN (Babu Sam et al., Sec. 3.1) fixes α (≈ 2) and chooses λ so that the largest cell count
 is a 1-in-S event:
 
 .. math::
 
-    F_{\\alpha,\\lambda}(C_{\\max}) = 1 - \\frac1S, \\qquad
-    C_{\\max} = \\frac{Cf_{\\max}}{M \\cdot N \\cdot S_{\\text{crop}}},
+    F_{\alpha,\lambda}(C_{\max}) = 1 - \frac1S, \qquad
+    C_{\max} = \frac{Cf_{\max}}{M \cdot N \cdot S_{\text{crop}}},
 
 with ``S`` the number of images, ``M x N`` the cells per crop and ``S_crop`` the crops per image.
 :func:`solve_lambda` solves it with the exact normalized CDF by a bracketed root finder
-(``scipy.optimize.brentq`` on :math:`\\log(1 - F) + \\log S`, decreasing in λ).
+(``scipy.optimize.brentq`` on :math:`\log(1 - F) + \log S`, decreasing in λ).
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
+from sinkmatch._checks import check_positive_int, check_real
+
 from ._special import scaled_gammaincc
-from .base import PriorBase, check_positive, check_real
+from .base import PriorBase
 from .head import HeadRedistributed, redistribute_head
 from .legacy import _LEGACY_CELLS, legacy_lambda, legacy_sample64, legacy_threshold
 from .power_law import TruncatedPowerLaw
 
 
 def _check_grid(grid: Any) -> tuple[int, int]:
-    if (
-        not isinstance(grid, (tuple, list))
-        or len(grid) != 2
-        or not all(
-            isinstance(g, numbers.Integral) and not isinstance(g, bool) and g > 0 for g in grid
-        )
-    ):
+    if not isinstance(grid, (tuple, list)) or len(grid) != 2:
         raise ValueError(f"grid must be a pair of positive ints (M, N), got {grid!r}")
-    return int(grid[0]), int(grid[1])
+    return check_positive_int("grid[0]", grid[0]), check_positive_int("grid[1]", grid[1])
 
 
 def _log_sf(alpha: float, lam: float, c: float, x_min: float) -> float:
@@ -59,7 +54,7 @@ def solve_lambda(
     crops_per_image: float = 4,
     x_min: float = 1.0,
 ) -> float:
-    """Solve :math:`F_{\\alpha,\\lambda}(C_{\\max}) = 1 - 1/S` for λ (exact, normalized CDF).
+    r"""Solve :math:`F_{\alpha,\lambda}(C_{\max}) = 1 - 1/S` for λ (exact, normalized CDF).
 
     Args:
         cf_max: Maximum crowd count of a full image, > 0.
@@ -83,12 +78,12 @@ def solve_lambda(
     """
     from scipy.optimize import brentq
 
-    cf_max = check_positive("cf_max", cf_max)
+    cf_max = check_real("cf_max", cf_max, gt=0)
     num_images = check_real("num_images", num_images)
-    alpha = check_positive("alpha", alpha)
+    alpha = check_real("alpha", alpha, gt=0)
     m, n = _check_grid(grid)
-    crops_per_image = check_positive("crops_per_image", crops_per_image)
-    x_min = check_positive("x_min", x_min)
+    crops_per_image = check_real("crops_per_image", crops_per_image, gt=0)
+    x_min = check_real("x_min", x_min, gt=0)
     if num_images < 2:
         raise ValueError(
             f"num_images must be >= 2 (the CDF target 1 - 1/S must be > 0), got {num_images!r}"
@@ -108,7 +103,8 @@ def solve_lambda(
     if f0 <= 0.0:
         raise ValueError(
             f"no lambda > 0 works: already the pure power law (lambda = 0, alpha={alpha:g}) has "
-            f"CDF(C_max={c_max:g}) = {-math.expm1(f0 + target):.6g} >= 1 - 1/S = {1 - 1 / num_images:.6g}; "
+            f"CDF(C_max={c_max:g}) = {-math.expm1(f0 + target):.6g} >= "
+            f"1 - 1/S = {1 - 1 / num_images:.6g}; "
             f"increase cf_max or num_images, or lower alpha"
         )
     # the shifted exponential dominates the truncated power law: 1 - F(c) <= exp(-lam (c - x_min)),
@@ -122,7 +118,7 @@ def solve_lambda(
 
 
 class CountPrior(PriorBase):
-    """The CSS-CCNN count prior: a truncated power law with its head spread over [0, t].
+    r"""The CSS-CCNN count prior: a truncated power law with its head spread over [0, t].
 
     Build it with :meth:`from_max_count`. ``mode="exact"`` uses the normalized CDF (λ from
     :func:`solve_lambda`, ``t = ppf(head_mass)`` unless given); ``mode="legacy"`` reproduces the
@@ -131,11 +127,30 @@ class CountPrior(PriorBase):
 
     .. math::
 
-        C \\sim \\mathcal U(0, t) \\text{ w.p. } F(t), \\quad
-        C \\sim \\mathrm{TPL}(\\alpha, \\lambda, x_{\\min}) \\mid C \\ge t \\text{ otherwise}.
+        C \sim \mathcal U(0, t) \text{ w.p. } F(t), \quad
+        C \sim \mathrm{TPL}(\alpha, \lambda, x_{\min}) \mid C \ge t \text{ otherwise}.
+
+    Args:
+        alpha: Power-law exponent α > 0.
+        lam: Rate λ > 0 of the exponential cut-off.
+        threshold: The head threshold t > 0.
+        x_min: Lower end of the power law, > 0.
+        mode: ``"exact"`` or ``"legacy"``: which sampler draws the tail.
+        c_max: :math:`C_{\max}`, the largest cell count λ was solved for (informational).
+        cf_max: The maximum image count it came from (informational).
+        num_images: ``S``, the number of images (informational).
 
     Attributes:
-        alpha, lam, x_min, threshold, c_max, mode, head_weight (= F(t)), cf_max, num_images.
+        alpha (float): α.
+        lam (float): λ.
+        x_min (float): Lower end of the power law.
+        threshold (float): The head threshold t.
+        head_weight (float): :math:`F(t)`, the mass spread uniformly over :math:`[0, t]`.
+        mode (str): ``"exact"`` or ``"legacy"``.
+        c_max (float or None): :math:`C_{\max}`.
+        cf_max (float or None): The maximum image count.
+        num_images (float or None): ``S``.
+        base (TruncatedPowerLaw): The law before head redistribution.
 
     Example:
         >>> import torch
@@ -205,10 +220,11 @@ class CountPrior(PriorBase):
         """
         if mode == "legacy":
             _check_grid(grid)
-            check_positive("crops_per_image", crops_per_image)
+            check_real("crops_per_image", crops_per_image, gt=0)
             if x_min != 1.0 or threshold is not None:
                 raise ValueError(
-                    "mode='legacy' reproduces the original code (x_min = 1 and its own threshold); got "
+                    "mode='legacy' reproduces the original code (x_min = 1 and its own "
+                    "threshold); got "
                     f"x_min={x_min!r}, threshold={threshold!r}: use mode='exact' to change them"
                 )
             lam = legacy_lambda(cf_max, num_images, alpha=alpha)
@@ -236,9 +252,7 @@ class CountPrior(PriorBase):
         m, n = _check_grid(grid)
         c_max = float(cf_max) / (m * n * float(crops_per_image))
         if threshold is None:
-            head_mass = check_real("head_mass", head_mass)
-            if not 0.0 < head_mass < 1.0:
-                raise ValueError(f"head_mass must lie in (0, 1), got {head_mass!r}")
+            head_mass = check_real("head_mass", head_mass, gt=0, lt=1)
             threshold = float(TruncatedPowerLaw(alpha, lam, x_min=x_min).ppf(head_mass))
         return cls(
             alpha,
@@ -255,7 +269,8 @@ class CountPrior(PriorBase):
         c_max = "None" if self.c_max is None else f"{self.c_max:.6g}"
         return (
             f"CountPrior(mode={self.mode!r}, alpha={self.alpha:g}, lam={self.lam:.6g}, "
-            f"x_min={self.x_min:g}, threshold={self.threshold:.6g}, head_weight={self.head_weight:.4g}, "
+            f"x_min={self.x_min:g}, threshold={self.threshold:.6g}, "
+            f"head_weight={self.head_weight:.4g}, "
             f"c_max={c_max})"
         )
 

@@ -1,22 +1,23 @@
-"""Maximum-likelihood fits of count distributions above ``x_min``, and Vuong's comparison test.
+r"""Maximum-likelihood fits of count distributions above ``x_min``, and Vuong's comparison test.
 
 Paper Section 5.2 (Babu Sam et al., CSS-CCNN) fits a truncated power law, a power law, a
 log-normal and an exponential to the cell counts and compares them, following Clauset, Shalizi &
 Newman (2009), "Power-law distributions in empirical data". All laws are continuous and
-normalized on :math:`[x_{\\min}, \\infty)`, with the parameterization of the ``powerlaw`` package
+normalized on :math:`[x_{\min}, \infty)`, with the parameterization of the ``powerlaw`` package
 (Alstott et al. 2014):
 
-==========================  ============================================================
-truncated power law         :math:`p \\propto c^{-\\alpha} e^{-\\lambda c}` (α > 0, λ >= 0)
-power law                   :math:`p = \\frac{\\alpha - 1}{x_{\\min}}(c/x_{\\min})^{-\\alpha}`
-log-normal                  :math:`p \\propto \\frac{1}{c}\\exp(-(\\log c-\\mu)^2/2\\sigma^2)`
-exponential                 :math:`p = \\lambda e^{-\\lambda (c - x_{\\min})}`
-==========================  ============================================================
+| law | density on :math:`[x_{\min}, \infty)` |
+|---|---|
+| truncated power law | :math:`p \propto c^{-\alpha} e^{-\lambda c}` (α > 0, λ >= 0) |
+| power law | :math:`p = \frac{\alpha - 1}{x_{\min}}(c/x_{\min})^{-\alpha}` |
+| log-normal | :math:`p \propto \frac{1}{c}\exp(-(\log c-\mu)^2/2\sigma^2)` |
+| exponential | :math:`p = \lambda e^{-\lambda (c - x_{\min})}` |
 
 Estimators: the power law and the exponential in closed form; the truncated power law by
-profiling λ (the score equation :math:`E_{\\alpha,\\lambda}[C] = \\bar x` is solved with ``brentq``) and
+profiling λ (the score equation :math:`E_{\alpha,\lambda}[C] = \bar x` is solved with
+``brentq``) and
 maximizing the concave profile log-likelihood in α (it is an exponential family in
-:math:`(\\alpha, \\lambda)`); the log-normal by BFGS on :math:`(\\mu, \\log\\sigma)` with the analytic
+:math:`(\alpha, \lambda)`); the log-normal by BFGS on :math:`(\mu, \log\sigma)` with the analytic
 gradient.
 """
 
@@ -28,8 +29,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from sinkmatch._checks import check_real
+
 from ._special import scaled_gammaincc
-from .base import Prior, check_positive, to_numpy64
+from .base import Prior, to_numpy64
 from .power_law import Pareto, TruncatedPowerLaw
 from .simple import Exponential, LogNormal
 
@@ -60,11 +63,11 @@ class FitResult:
 
 
 class Comparison(NamedTuple):
-    """Log-likelihood ratio test of two fits (Vuong 1989; Clauset et al. 2009, Sec. 5).
+    r"""Log-likelihood ratio test of two fits (Vuong 1989; Clauset et al. 2009, Sec. 5).
 
     Attributes:
-        R: :math:`\\sum_i (\\ell_1(x_i) - \\ell_2(x_i))`; > 0 favors the first fit.
-        normalized_R: :math:`R / (\\sqrt{n}\\,\\sigma)`, σ the standard deviation of the pointwise
+        R: :math:`\sum_i (\ell_1(x_i) - \ell_2(x_i))`; > 0 favors the first fit.
+        normalized_R: :math:`R / (\sqrt{n}\,\sigma)`, σ the standard deviation of the pointwise
             differences.
         p_value: Significance of the sign of R: ``erfc(|R| / sqrt(2 n σ²))`` (non-nested), or
             ``chi2(1).sf(2|R|)`` (nested).
@@ -86,7 +89,7 @@ def _prepare(data: Any, x_min: float | None, *, positive: bool = True) -> tuple[
         raise ValueError(f"data must be finite, got {arr[~np.isfinite(arr)][:5]}")
     x_min = float(arr.min()) if x_min is None else float(x_min)
     if positive:
-        x_min = check_positive("x_min", x_min)
+        x_min = check_real("x_min", x_min, gt=0)
     elif not (math.isfinite(x_min) and x_min >= 0):
         raise ValueError(f"x_min must be finite and >= 0, got {x_min!r}")
     x = arr[arr >= x_min]
@@ -108,7 +111,7 @@ def _result(
 
 
 def fit_power_law(data: Any, *, x_min: float | None = None) -> FitResult:
-    """Power law (Pareto) above ``x_min``: :math:`\\hat\\alpha = 1 + n / \\sum_i \\log(x_i/x_{\\min})`.
+    r"""Power law (Pareto) above ``x_min``: :math:`\hat\alpha = 1 + n / \sum_i \log(x_i/x_{\min})`.
 
     Args:
         data ((N,) array_like or Tensor): Observations; those below ``x_min`` are ignored.
@@ -126,7 +129,7 @@ def fit_power_law(data: Any, *, x_min: float | None = None) -> FitResult:
 
 
 def fit_exponential(data: Any, *, x_min: float | None = None) -> FitResult:
-    """Exponential above ``x_min``: :math:`\\hat\\lambda = 1 / \\overline{(x - x_{\\min})}`.
+    r"""Exponential above ``x_min``: :math:`\hat\lambda = 1 / \overline{(x - x_{\min})}`.
 
     Returns:
         FitResult with ``params = {"lam": ...}`` and ``prior`` an ``Exponential``
@@ -141,12 +144,12 @@ def fit_exponential(data: Any, *, x_min: float | None = None) -> FitResult:
 
 
 def fit_lognormal(data: Any, *, x_min: float | None = None) -> FitResult:
-    """Log-normal truncated to ``[x_min, inf)`` (``x_min = 0``: not truncated).
+    r"""Log-normal truncated to ``[x_min, inf)`` (``x_min = 0``: not truncated).
 
     Returns:
         FitResult with ``params = {"mu": ..., "sigma": ...}`` and ``prior`` a :class:`LogNormal`.
         ``converged`` is False if BFGS did not converge (the truncated log-normal MLE can run off
-        to :math:`\\mu \\to -\\infty` on power-law-like data).
+        to :math:`\mu \to -\infty` on power-law-like data).
     """
     from scipy.optimize import minimize
     from scipy.special import log_ndtr
@@ -222,10 +225,10 @@ def _profile_lambda(alpha: float, xbar: float, x_min: float) -> float:
 
 
 def fit_truncated_power_law(data: Any, *, x_min: float | None = None) -> FitResult:
-    """Truncated power law :math:`p \\propto c^{-\\alpha} e^{-\\lambda c}` above ``x_min``.
+    r"""Truncated power law :math:`p \propto c^{-\alpha} e^{-\lambda c}` above ``x_min``.
 
-    For each α the λ maximizing the likelihood solves :math:`E_{\\alpha,\\lambda}[C] = \\bar x`
-    (exponential-family score equation; ``brentq`` in :math:`\\log\\lambda`; λ = 0 when even the
+    For each α the λ maximizing the likelihood solves :math:`E_{\alpha,\lambda}[C] = \bar x`
+    (exponential-family score equation; ``brentq`` in :math:`\log\lambda`; λ = 0 when even the
     pure power law is light enough); the profile log-likelihood, concave in α, is maximized by
     bounded Brent search on ``alpha`` in [1e-4, 50] (``converged`` is False at a bound).
 
@@ -262,16 +265,17 @@ def fit_truncated_power_law(data: Any, *, x_min: float | None = None) -> FitResu
 def compare_fits(
     data: Any, fit1: FitResult, fit2: FitResult, *, nested: bool = False
 ) -> Comparison:
-    """Log-likelihood ratio test between two fits (Clauset, Shalizi & Newman 2009, Sec. 5.1).
+    r"""Log-likelihood ratio test between two fits (Clauset, Shalizi & Newman 2009, Sec. 5.1).
 
     Uses the points ``>= x_min`` (both fits must share ``x_min``). Non-nested (default): Vuong's
-    normal test, :math:`p = \\operatorname{erfc}(|R| / \\sqrt{2 n \\sigma^2})`. Nested (e.g. power law
-    inside truncated power law): Wilks' :math:`\\chi^2_1` test on :math:`2|R|`, as the ``powerlaw``
+    normal test, :math:`p = \operatorname{erfc}(|R| / \sqrt{2 n \sigma^2})`. Nested (e.g. power law
+    inside truncated power law): Wilks' :math:`\chi^2_1` test on :math:`2|R|`, as the ``powerlaw``
     package does (the boundary λ = 0 makes this conservative).
 
     Args:
         data ((N,) array_like or Tensor): The observations the fits were made on.
-        fit1, fit2: Two :class:`FitResult` with the same ``x_min``.
+        fit1: The first :class:`FitResult`.
+        fit2: The second :class:`FitResult`, with the same ``x_min`` as ``fit1``.
         nested: Whether one model is nested in the other.
 
     Returns:

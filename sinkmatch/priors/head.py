@@ -1,4 +1,4 @@
-"""Head redistribution: the mass of a prior below a threshold spread uniformly over [0, t].
+r"""Head redistribution: the mass of a prior below a threshold spread uniformly over [0, t].
 
 CSS-CCNN (Babu Sam et al., Sec. 3.1) observes that roughly 30% of the cell counts lie at or below
 about 1, while the power law starts at ``x_min = 1``; it moves that much mass of the prior's head
@@ -6,12 +6,12 @@ uniformly onto ``[0, t]``. Concretely, the mixture
 
 .. math::
 
-    C \\sim \\begin{cases} \\mathcal U(0, t) & \\text{with probability } w = F_{\\text{base}}(t),\\\\
-    \\text{base conditioned on } C \\ge t & \\text{otherwise,}\\end{cases}
+    C \sim \begin{cases} \mathcal U(0, t) & \text{with probability } w = F_{\text{base}}(t),\\
+    \text{base conditioned on } C \ge t & \text{otherwise,}\end{cases}
 
-whose CDF is :math:`w\\,c/t` on :math:`[0, t]` and :math:`F_{\\text{base}}(c)` for :math:`c \\ge t`
+whose CDF is :math:`w\,c/t` on :math:`[0, t]` and :math:`F_{\text{base}}(c)` for :math:`c \ge t`
 (total mass is conserved; the CDF at ``t`` is unchanged). Sampling draws from the base and
-replaces every draw below ``t`` by an independent :math:`\\mathcal U(0, t)` draw, which is exactly
+replaces every draw below ``t`` by an independent :math:`\mathcal U(0, t)` draw, which is exactly
 this mixture (and exactly what the original code did).
 """
 
@@ -22,11 +22,13 @@ import math
 import numpy as np
 import torch
 
-from .base import Prior, PriorBase, check_positive, check_real, rand64
+from sinkmatch._checks import check_real
+
+from .base import Prior, PriorBase, rand64
 
 
 class HeadRedistributed(PriorBase):
-    """A base prior with its mass below ``threshold`` spread uniformly over ``[0, threshold]``.
+    r"""A base prior with its mass below ``threshold`` spread uniformly over ``[0, threshold]``.
 
     Args:
         base: Any :class:`Prior` with non-negative support.
@@ -36,7 +38,7 @@ class HeadRedistributed(PriorBase):
 
     Attributes:
         threshold (float): ``t``.
-        head_weight (float): :math:`w = F_{\\text{base}}(t)`, the mass on :math:`[0, t]`.
+        head_weight (float): :math:`w = F_{\text{base}}(t)`, the mass on :math:`[0, t]`.
 
     Example:
         >>> from sinkmatch.priors import HeadRedistributed, TruncatedPowerLaw
@@ -50,19 +52,21 @@ class HeadRedistributed(PriorBase):
             raise TypeError(f"base must follow the Prior protocol, got {type(base).__name__}")
         self.base = base
         if threshold is None:
-            head_mass = check_real("head_mass", head_mass)
-            if not 0.0 < head_mass < 1.0:
-                raise ValueError(f"head_mass must lie in (0, 1), got {head_mass!r}")
+            head_mass = check_real("head_mass", head_mass, gt=0, lt=1)
             threshold = float(base.ppf(head_mass))
             if not (math.isfinite(threshold) and threshold > 0):
                 raise ValueError(
-                    f"base.ppf(head_mass={head_mass!r}) = {threshold!r} is not a usable threshold (need > 0)"
+                    f"base.ppf(head_mass={head_mass!r}) = {threshold!r} is not a usable "
+                    "threshold (need > 0)"
                 )
-        self.threshold = check_positive("threshold", threshold)
+        self.threshold = check_real("threshold", threshold, gt=0)
         self.head_weight = float(base.cdf(self.threshold))
 
     def __repr__(self) -> str:
-        return f"HeadRedistributed({self.base!r}, threshold={self.threshold:.6g}, head_weight={self.head_weight:.4g})"
+        return (
+            f"HeadRedistributed({self.base!r}, threshold={self.threshold:.6g}, "
+            f"head_weight={self.head_weight:.4g})"
+        )
 
     def _cdf(self, c: np.ndarray) -> np.ndarray:
         t, w = self.threshold, self.head_weight
@@ -102,7 +106,7 @@ class HeadRedistributed(PriorBase):
         return redistribute_head(x, self.threshold, generator)
 
     def mean(self) -> float:
-        """:math:`w t / 2 + E_{\\text{base}}[C] - E_{\\text{base}}[C\\,1\\{C < t\\}]`."""
+        r""":math:`w t / 2 + E_{\text{base}}[C] - E_{\text{base}}[C\,1\{C < t\}]`."""
         t, w = self.threshold, self.head_weight
         partial = getattr(self.base, "partial_mean", None)
         if partial is not None:

@@ -1,30 +1,30 @@
-"""The truncated power law (power law with exponential cut-off) and the Pareto law.
+r"""The truncated power law (power law with exponential cut-off) and the Pareto law.
 
 .. math::
 
-    p(c) = \\frac{c^{-\\alpha} e^{-\\lambda c}}{Z}, \\quad c \\ge x_{\\min}, \\qquad
-    Z = \\int_{x_{\\min}}^\\infty u^{-\\alpha} e^{-\\lambda u}\\,du
-      = \\lambda^{\\alpha-1}\\,\\Gamma(1-\\alpha, \\lambda x_{\\min}),
+    p(c) = \frac{c^{-\alpha} e^{-\lambda c}}{Z}, \quad c \ge x_{\min}, \qquad
+    Z = \int_{x_{\min}}^\infty u^{-\alpha} e^{-\lambda u}\,du
+      = \lambda^{\alpha-1}\,\Gamma(1-\alpha, \lambda x_{\min}),
 
-for :math:`\\alpha > 0, \\lambda > 0`, or :math:`\\lambda = 0, \\alpha > 1` (Pareto). With
-:math:`T(c) = \\int_c^\\infty u^{-\\alpha} e^{-\\lambda u} du = c^{1-\\alpha} e^{-\\lambda c}
-Q(1-\\alpha, \\lambda c)` (``Q`` the scaled incomplete gamma of :mod:`._special`) the survival
+for :math:`\alpha > 0, \lambda > 0`, or :math:`\lambda = 0, \alpha > 1` (Pareto). With
+:math:`T(c) = \int_c^\infty u^{-\alpha} e^{-\lambda u} du = c^{1-\alpha} e^{-\lambda c}
+Q(1-\alpha, \lambda c)` (``Q`` the scaled incomplete gamma of :mod:`._special`) the survival
 function is evaluated in logs, without cancellation:
 
 .. math::
 
-    \\log(1 - F(c)) = (1-\\alpha)\\log\\frac{c}{x_{\\min}} - \\lambda (c - x_{\\min})
-        + \\log\\frac{Q(1-\\alpha, \\lambda c)}{Q(1-\\alpha, \\lambda x_{\\min})},
+    \log(1 - F(c)) = (1-\alpha)\log\frac{c}{x_{\min}} - \lambda (c - x_{\min})
+        + \log\frac{Q(1-\alpha, \lambda c)}{Q(1-\alpha, \lambda x_{\min})},
 
-and :math:`F = -\\mathrm{expm1}(\\log(1-F))`. Reference: Clauset, Shalizi & Newman (2009), "Power-law
+and :math:`F = -\mathrm{expm1}(\log(1-F))`. Reference: Clauset, Shalizi & Newman (2009), "Power-law
 distributions in empirical data", SIAM Review 51(4); the prior of Babu Sam et al., CSS-CCNN (2020).
 
-Sampling is exact and vectorized: :math:`[x_{\\min}, x_K]` is cut into pieces of width
-:math:`0.05/\\lambda` (with :math:`x_K \\ge 20\\alpha/\\lambda`), each chosen with its exact mass
-(Walker's alias method). Inside a piece we draw :math:`\\propto c^{-\\alpha}` by inversion and
-accept with probability :math:`e^{-\\lambda(c - \\text{left end})} \\ge e^{-0.05}`; the tail
-:math:`[x_K, \\infty)` is drawn as :math:`x_K + \\mathrm{Exp}(\\lambda)` accepted with probability
-:math:`(c/x_K)^{-\\alpha}` (:math:`\\ge 95\\%` on average). Rejected draws are redrawn, in the same
+Sampling is exact and vectorized: :math:`[x_{\min}, x_K]` is cut into pieces of width
+:math:`0.05/\lambda` (with :math:`x_K \ge 20\alpha/\lambda`), each chosen with its exact mass
+(Walker's alias method). Inside a piece we draw :math:`\propto c^{-\alpha}` by inversion and
+accept with probability :math:`e^{-\lambda(c - \text{left end})} \ge e^{-0.05}`; the tail
+:math:`[x_K, \infty)` is drawn as :math:`x_K + \mathrm{Exp}(\lambda)` accepted with probability
+:math:`(c/x_K)^{-\alpha}` (:math:`\ge 95\%` on average). Rejected draws are redrawn, in the same
 piece, in vectorized rounds (about 5 rounds for 10^6 draws). Pure power laws (λ = 0) are drawn by
 inversion.
 """
@@ -36,15 +36,19 @@ import math
 import numpy as np
 import torch
 
+from sinkmatch._checks import check_real
+
 from ._special import scaled_gammaincc
-from .base import PriorBase, check_nonnegative, check_positive, rand64
+from .base import PriorBase, rand64
 
 _PIECE_WIDTH = 0.05  # lambda * width of a body piece: acceptance >= exp(-0.05)
 _TAIL_FACTOR = 20.0  # lambda * x_K >= 20 alpha: tail acceptance >= 1/(1 + 1/20)
 
 
 class TruncatedPowerLaw(PriorBase):
-    """Power law with exponential cut-off, :math:`p(c) \\propto c^{-\\alpha} e^{-\\lambda c}`, c >= x_min.
+    r"""Power law with exponential cut-off, :math:`p(c) \propto c^{-\alpha} e^{-\lambda c}`.
+
+    Supported on ``c >= x_min``.
 
     Args:
         alpha: Exponent, > 0 (any value, including alpha <= 1, when ``lam > 0``).
@@ -61,12 +65,13 @@ class TruncatedPowerLaw(PriorBase):
     """
 
     def __init__(self, alpha: float, lam: float, *, x_min: float = 1.0) -> None:
-        self.alpha = check_positive("alpha", alpha)
-        self.lam = check_nonnegative("lam", lam)
-        self.x_min = check_positive("x_min", x_min)
+        self.alpha = check_real("alpha", alpha, gt=0)
+        self.lam = check_real("lam", lam, ge=0)
+        self.x_min = check_real("x_min", x_min, gt=0)
         if self.lam == 0.0 and self.alpha <= 1.0:
             raise ValueError(
-                f"lam = 0 (pure power law) needs alpha > 1 to be normalizable, got alpha={self.alpha!r}"
+                "lam = 0 (pure power law) needs alpha > 1 to be normalizable, got "
+                f"alpha={self.alpha!r}"
             )
         self._a = 1.0 - self.alpha
         if self.lam > 0.0:
@@ -158,7 +163,7 @@ class TruncatedPowerLaw(PriorBase):
         return np.exp(y)
 
     def mean(self) -> float:
-        """:math:`E[C]`: :math:`x_{\\min} Q(2-\\alpha, \\lambda x_{\\min}) / Q(1-\\alpha, \\lambda x_{\\min})`
+        r""":math:`E[C] = x_{\min} Q(2-\alpha, \lambda x_{\min}) / Q(1-\alpha, \lambda x_{\min})`
         (``inf`` for a pure power law with alpha <= 2)."""
         if self.lam == 0.0:
             return (
@@ -170,7 +175,7 @@ class TruncatedPowerLaw(PriorBase):
         return self.x_min * float(scaled_gammaincc(2.0 - self.alpha, z0)) / math.exp(self._log_q0)
 
     def partial_mean(self, t: float) -> float:
-        """:math:`E[C\\,1\\{C < t\\}]`, the mean restricted below ``t`` (used by head redistribution)."""
+        r""":math:`E[C\,1\{C < t\}]`, the mean restricted below ``t`` (for head redistribution)."""
         t = float(t)
         if t <= self.x_min:
             return 0.0
@@ -295,7 +300,9 @@ def _alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Pareto(TruncatedPowerLaw):
-    """Pareto (pure power law) :math:`p(c) = \\frac{\\alpha-1}{x_{\\min}} (c/x_{\\min})^{-\\alpha}`, c >= x_min.
+    r"""Pareto (pure power law), :math:`p(c) = \frac{\alpha-1}{x_{\min}} (c/x_{\min})^{-\alpha}`.
+
+    Supported on ``c >= x_min``.
 
     The ``lam = 0`` case of :class:`TruncatedPowerLaw`, with closed-form cdf, ppf and sampling.
 
@@ -310,7 +317,7 @@ class Pareto(TruncatedPowerLaw):
     """
 
     def __init__(self, alpha: float, *, x_min: float = 1.0) -> None:
-        alpha = check_positive("alpha", alpha)
+        alpha = check_real("alpha", alpha, gt=0)
         if alpha <= 1.0:
             raise ValueError(f"Pareto needs alpha > 1 to be normalizable, got alpha={alpha!r}")
         super().__init__(alpha, 0.0, x_min=x_min)

@@ -11,28 +11,30 @@ import math
 import numpy as np
 import torch
 
-from .base import PriorBase, check_nonnegative, check_positive, check_real, rand64, to_numpy64
+from sinkmatch._checks import check_real
+
+from .base import PriorBase, rand64, to_numpy64
 
 _U_MIN = 2.0**-60  # keeps inverse-CDF sampling off the endpoints of (0, 1)
 _U_MAX = 1.0 - 2.0**-53
 
 
 class LogNormal(PriorBase):
-    """Log-normal law, optionally truncated to ``c >= x_min``.
+    r"""Log-normal law, optionally truncated to ``c >= x_min``.
 
     .. math::
 
-        p(c) = \\frac{1}{c \\sigma \\sqrt{2\\pi}}
-               \\exp\\Big(-\\frac{(\\log c - \\mu)^2}{2\\sigma^2}\\Big) \\Big/ \\bar\\Phi(a),
-        \\qquad a = \\frac{\\log x_{\\min} - \\mu}{\\sigma},
+        p(c) = \frac{1}{c \sigma \sqrt{2\pi}}
+               \exp\Big(-\frac{(\log c - \mu)^2}{2\sigma^2}\Big) \Big/ \bar\Phi(a),
+        \qquad a = \frac{\log x_{\min} - \mu}{\sigma},
 
-    with :math:`\\bar\\Phi` the standard normal survival function (:math:`\\bar\\Phi(a) = 1` for
+    with :math:`\bar\Phi` the standard normal survival function (:math:`\bar\Phi(a) = 1` for
     ``x_min = 0``). This is the parameterization of the ``powerlaw`` package (Alstott et al.,
     2014) used for maximum-likelihood fits above ``x_min``.
 
     Args:
-        mu: Mean of :math:`\\log C` before truncation.
-        sigma: Standard deviation of :math:`\\log C` before truncation, > 0.
+        mu: Mean of :math:`\log C` before truncation.
+        sigma: Standard deviation of :math:`\log C` before truncation, > 0.
         x_min: Truncation point, >= 0 (0: no truncation).
 
     Example:
@@ -45,8 +47,8 @@ class LogNormal(PriorBase):
         from scipy.special import log_ndtr
 
         self.mu = check_real("mu", mu)
-        self.sigma = check_positive("sigma", sigma)
-        self.x_min = check_nonnegative("x_min", x_min)
+        self.sigma = check_real("sigma", sigma, gt=0)
+        self.x_min = check_real("x_min", x_min, ge=0)
         self._a = (math.log(self.x_min) - self.mu) / self.sigma if self.x_min > 0 else -math.inf
         self._log_tail = float(log_ndtr(-self._a))  # log P(C >= x_min) before truncation
         if self._log_tail < -700.0:
@@ -101,7 +103,7 @@ class LogNormal(PriorBase):
         return torch.exp(self.mu + self.sigma * z).clamp_(min=self.x_min)
 
     def mean(self) -> float:
-        """:math:`e^{\\mu + \\sigma^2/2}\\,\\bar\\Phi(a - \\sigma)/\\bar\\Phi(a)`."""
+        r""":math:`e^{\mu + \sigma^2/2}\,\bar\Phi(a - \sigma)/\bar\Phi(a)`."""
         from scipy.special import log_ndtr
 
         return math.exp(
@@ -109,7 +111,7 @@ class LogNormal(PriorBase):
         )
 
     def partial_mean(self, t: float) -> float:
-        """:math:`E[C\\,1\\{C < t\\}]`."""
+        r""":math:`E[C\,1\{C < t\}]`."""
         from scipy.special import ndtr
 
         if t <= self.x_min:
@@ -161,13 +163,13 @@ class Uniform(PriorBase):
         return 0.5 * (self.low + self.high)
 
     def partial_mean(self, t: float) -> float:
-        """:math:`E[C\\,1\\{C < t\\}]`."""
+        r""":math:`E[C\,1\{C < t\}]`."""
         s = min(max(float(t), self.low), self.high)
         return (s * s - self.low * self.low) / (2.0 * self._width)
 
 
 class Exponential(PriorBase):
-    """Shifted exponential :math:`p(c) = \\lambda e^{-\\lambda (c - x_{\\min})}`, c >= x_min.
+    r"""Shifted exponential :math:`p(c) = \lambda e^{-\lambda (c - x_{\min})}`, c >= x_min.
 
     Args:
         lam: Rate, > 0.
@@ -175,8 +177,8 @@ class Exponential(PriorBase):
     """
 
     def __init__(self, lam: float, *, x_min: float = 0.0) -> None:
-        self.lam = check_positive("lam", lam)
-        self.x_min = check_nonnegative("x_min", x_min)
+        self.lam = check_real("lam", lam, gt=0)
+        self.x_min = check_real("x_min", x_min, ge=0)
 
     def __repr__(self) -> str:
         return f"Exponential(lam={self.lam:g}, x_min={self.x_min:g})"
@@ -204,7 +206,7 @@ class Exponential(PriorBase):
         return self.x_min + 1.0 / self.lam
 
     def partial_mean(self, t: float) -> float:
-        """:math:`E[C\\,1\\{C < t\\}]`."""
+        r""":math:`E[C\,1\{C < t\}]`."""
         if t <= self.x_min:
             return 0.0
         d = self.lam * (t - self.x_min)
@@ -213,13 +215,13 @@ class Exponential(PriorBase):
 
 
 class Empirical(PriorBase):
-    """The empirical law of observed counts (the paper's "with GT distribution" ablation).
+    r"""The empirical law of observed counts (the paper's "with GT distribution" ablation).
 
     Sampling is the bootstrap (draws with replacement). With ``jitter = h > 0`` a
-    :math:`\\mathcal N(0, h^2)` perturbation is added to each draw, and ``cdf``/``pdf``/``ppf``
+    :math:`\mathcal N(0, h^2)` perturbation is added to each draw, and ``cdf``/``pdf``/``ppf``
     describe that Gaussian kernel density (note it can put mass below 0). With ``jitter = 0``
-    (default) ``cdf`` is the right-continuous ECDF :math:`F_n(c) = \\#\\{x_i \\le c\\}/n`, ``ppf``
-    its generalized inverse (:math:`F_n^{-1}(q) = x_{(\\lceil nq \\rceil)}`), and ``pdf``/``logpdf``
+    (default) ``cdf`` is the right-continuous ECDF :math:`F_n(c) = \#\{x_i \le c\}/n`, ``ppf``
+    its generalized inverse (:math:`F_n^{-1}(q) = x_{(\lceil nq \rceil)}`), and ``pdf``/``logpdf``
     raise, as a discrete law has no density.
 
     Args:
@@ -240,7 +242,7 @@ class Empirical(PriorBase):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"data must be finite, got {arr[~np.isfinite(arr)][:5]}")
         self.data = np.sort(arr)
-        self.jitter = check_nonnegative("jitter", jitter)
+        self.jitter = check_real("jitter", jitter, ge=0)
         self._tensors: dict[str, torch.Tensor] = {}
 
     def __repr__(self) -> str:
@@ -313,7 +315,7 @@ class Empirical(PriorBase):
         return float(self.data.mean())
 
     def partial_mean(self, t: float) -> float:
-        """:math:`E[C\\,1\\{C < t\\}]`."""
+        r""":math:`E[C\,1\{C < t\}]`."""
         if self.jitter == 0:
             return float(self.data[self.data < t].sum() / self.data.size)
         from scipy.special import ndtr

@@ -23,17 +23,16 @@ from examples.css_ccnn.data import (  # noqa: E402
     Sample,
     canny_pseudo_density,
     cell_counts,
-    crop,
     density_map,
     gaussian_kernel_1d,
     hflip,
     make_synthetic,
     open_dataset,
-    random_crop,
     resize_for_test,
     resized_shape,
     to_tensor,
 )
+from examples.css_ccnn.prepare import crop_points, random_offset  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # writers of the real formats
@@ -597,37 +596,28 @@ def test_crop_and_flip_keep_points_on_their_pixels(seed, h, w, k):
     np.testing.assert_array_equal(back, image)
     np.testing.assert_allclose(bpts, points, atol=1e-12)
 
-    cropped, cpts = random_crop(image, points, 32, rng)
-    assert cropped.shape == (32, 32)
+    top, left = random_offset(h, w, 32, rng)
+    cropped = image[top : top + 32, left : left + 32]
+    cpts = crop_points(points, top, left, 32)
     np.testing.assert_array_equal(_marked_image(cpts, 32, 32), cropped)  # same pixels, none lost
     assert len(np.unique(np.floor(cpts + 0.5), axis=0)) == int((cropped > 0).sum())
 
 
-def test_random_crop_details():
-    image = np.arange(64 * 80 * 3, dtype=np.uint8).reshape(64, 80, 3)
-    points = np.array([[5.0, 5.0], [70.0, 60.0]])
-    a = random_crop(image, points, (24, 32), np.random.default_rng(1))
-    b = random_crop(image, points, (24, 32), np.random.default_rng(1))
-    np.testing.assert_array_equal(a[0], b[0])
-    coords = np.stack(np.mgrid[:64, :80], axis=-1)  # each pixel holds its (row, col)
-    tops_lefts = set()
-    for s in range(30):
-        rng = np.random.default_rng(s)
-        out, _ = random_crop(coords, None, 16, rng)
-        top, left = int(out[0, 0, 0]), int(out[0, 0, 1])
-        assert top % 8 == 0 and left % 8 == 0
-        tops_lefts.add((top, left))
-    assert len(tops_lefts) > 5
-    out, pts = crop(image, points, 56, 64, 8)
-    np.testing.assert_array_equal(out, image[56:64, 64:72])
-    np.testing.assert_allclose(pts, [[6.0, 4.0]])
-    assert random_crop(image, None, 16, np.random.default_rng(0))[1] is None
-    with pytest.raises(ValueError, match="does not fit"):
-        random_crop(image, points, 100, np.random.default_rng(0))
-    with pytest.raises(TypeError, match="Generator"):
-        random_crop(image, points, 16, 0)
-    with pytest.raises(ValueError, match="outside"):
-        crop(image, points, 60, 0, 8)
+def test_random_offset_and_crop_points_details():
+    rng = np.random.default_rng(1)
+    assert random_offset(64, 80, 16, rng) == random_offset(64, 80, 16, np.random.default_rng(1))
+    corners = {random_offset(64, 80, 16, np.random.default_rng(s)) for s in range(40)}
+    assert all(top % 8 == 0 and left % 8 == 0 for top, left in corners)
+    assert all(top + 16 <= 64 and left + 16 <= 80 for top, left in corners)
+    assert len(corners) > 5 and max(t for t, _ in corners) == 48  # the last aligned row occurs
+    points = np.array([[5.0, 5.0], [70.0, 60.0], [63.6, 56.0], [71.4, 56.0]])
+    # the pixel of (63.6, 56) is column 64: kept; the pixel of (71.4, 56) is column 71: kept
+    kept = crop_points(points, 56, 64, 8)
+    np.testing.assert_allclose(kept, [[6.0, 4.0], [-0.4, 0.0], [7.4, 0.0]])
+    assert crop_points(None, 0, 0, 8).shape == (0, 2)
+    assert crop_points(np.array([[71.6, 56.0]]), 56, 64, 8).shape == (0, 2)  # pixel 72: outside
+    with pytest.raises(ValueError, match="exceeds"):
+        random_offset(64, 80, 100, rng)
 
 
 def test_to_tensor_copies():

@@ -158,7 +158,7 @@ def test_atomic_save_replaces_and_leaves_no_temp(tmp_path):
     assert os.listdir(path.parent) == ["ck.pt"]
 
 
-def test_atomic_save_failure_keeps_old_file(tmp_path):
+def test_atomic_save_failure_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "ck.pt"
     atomic_save({"a": 1}, path)
 
@@ -166,8 +166,19 @@ def test_atomic_save_failure_keeps_old_file(tmp_path):
         def __reduce__(self):
             raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(TypeError, match="Boom"):  # refused before anything is written
         atomic_save({"a": Boom()}, path)
+    assert load_checkpoint(path)["a"] == 1
+    assert os.listdir(tmp_path) == ["ck.pt"]
+
+    def half_then_fail(obj, handle):
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", half_then_fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_save({"a": 2}, path)
+    monkeypatch.undo()
     assert load_checkpoint(path)["a"] == 1
     assert os.listdir(tmp_path) == ["ck.pt"]
 

@@ -136,6 +136,7 @@ def test_prior_from_cf_max(tiny_cfg, tiny_root):
 
     meta = json.loads((tiny_root / "synthetic.json").read_text())
     assert resolve_cf_max(tiny_cfg) == meta["cf_max"]
+    tiny_cfg.prior.crops_per_image = 4.0  # given: build_prior does not measure it
     prior = build_prior(tiny_cfg, num_images=6)
     g = tiny_cfg.prior.grid
     c_max = meta["cf_max"] / (g * g * tiny_cfg.prior.crops_per_image)
@@ -241,6 +242,7 @@ def test_evaluate_and_table(tiny_cfg, tiny_root, tmp_path):
     assert res.metrics["nae"] == pytest.approx((np.abs(10.0 - truth) / truth).mean())
     assert res.metrics["game0"] == pytest.approx(res.metrics["mae"])
     assert res.metrics["game2"] >= res.metrics["game1"] - 1e-9
+    tiny_cfg.prior.crops_per_image = 4.0
     prior = build_prior(tiny_cfg, num_images=6)
     r1 = evaluate(PriorPredictor(prior, cell=2, seed=0), test, min_side=64, max_side=128)
     r2 = evaluate(PriorPredictor(prior, cell=2, seed=0), test, min_side=64, max_side=128)
@@ -349,3 +351,129 @@ def test_cli_demo_tiny(tmp_path, capsys):
     for fig in ("predictions.png", "curves.png", "histograms.png"):
         assert (tmp_path / "figures" / fig).stat().st_size > 1000
     assert "claim" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- train (any dataset)
+
+
+def _train_args(root, out, *extra):
+    return [
+        "train",
+        "--preset",
+        "tiny",
+        "--data-root",
+        str(root),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_train_with_labels_trains_and_evaluates_everything(tiny_root, tmp_path, capsys):
+    from examples.css_ccnn.cli import main
+
+    out = tmp_path / "run"
+    assert main(_train_args(tiny_root, out, "--cf-max", "80")) == 0
+    text = capsys.readouterr().out
+    assert "labels for training images: yes, for test images: yes" in text
+    assert "implied people per training image" in text  # the prior report, before stage 2
+    for sub in ("stage1", "stage2_plain", "stage2_plus", "supervised_full", "supervised_ssl"):
+        assert (out / "seed0" / sub / "best.pt").is_file(), sub
+    for method in ("CSS-CCNN", "CSS-CCNN++", "CCNN Mean", "CCNN Fully Supervised"):
+        assert f"| {method} |" in text
+    config = json.loads((out / "config.json").read_text())
+    assert config["prior"]["cf_max"] == 80.0
+    assert (
+        config["derived"]["prior"]["crops_per_image"]["value"] == config["prior"]["crops_per_image"]
+    )
+    report = json.loads((out / "prior_report.json").read_text())
+    assert report["report"]["cf_max"] == 80.0 and report["report"]["median"] > 0
+    # resumable: a second call retrains nothing and rewrites the same table
+    stamp = (out / "seed0" / "stage2_plus" / "last.pt").stat().st_mtime_ns
+    results = (out / "results.json").read_text()
+    assert main(_train_args(tiny_root, out, "--cf-max", "80")) == 0
+    assert (out / "seed0" / "stage2_plus" / "last.pt").stat().st_mtime_ns == stamp
+    assert (out / "results.json").read_text() == results
+
+
+def test_train_without_labels(tiny_root, tmp_path, capsys):
+    """A plain folder of images: no annotations anywhere, so no baselines, no evaluation."""
+    import shutil
+
+    from examples.css_ccnn.cli import main
+
+    folder = tmp_path / "photos"
+    shutil.copytree(tiny_root / "train_data" / "images", folder / "a")
+    out = tmp_path / "run"
+    assert main(_train_args(folder, out, "--kind", "folder", "--cf-max", "80")) == 0
+    text = capsys.readouterr().out
+    assert "labels for training images: no, for test images: no" in text
+    assert "evaluation skipped" in text
+    assert (out / "seed0" / "stage2_plain" / "best.pt").is_file()
+    assert (out / "seed0" / "stage2_plus" / "best.pt").is_file()
+    assert not (out / "seed0" / "supervised_full").exists() and not (out / "results.json").exists()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["prior"]["num_images"] == 6  # S: every image there is
+    assert main(_train_args(folder, out, "--kind", "folder")) == 2  # Cf_max is required
+    assert "--cf-max" in capsys.readouterr().err
+
+
+def test_cosine_schedule_is_applied_and_resume_stays_exact(tiny_cfg, tiny_root, tmp_path):
+    from examples.css_ccnn.checkpoint import load_checkpoint
+    from examples.css_ccnn.stage1 import train_stage1
+    from examples.css_ccnn.training import learning_rate
+
+    tiny_cfg.stage1.epochs, tiny_cfg.stage1.patience = 3, 10
+    tiny_cfg.stage1.schedule = "cosine"
+    ds = open_dataset(tiny_root, labels=False)
+    full = train_stage1(ds, tiny_cfg, tmp_path / "full", progress=False)
+    train_stage1(ds, tiny_cfg, tmp_path / "part", stop_after=2, progress=False)
+    resumed = train_stage1(ds, tiny_cfg, tmp_path / "part", progress=False)
+    assert resumed.fit.epochs_run == full.fit.epochs_run == 3
+    a, b = (
+        load_checkpoint(tmp_path / "full" / "last.pt"),
+        load_checkpoint(tmp_path / "part" / "last.pt"),
+    )
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    last_lr = a["optimizer"]["param_groups"][0]["lr"]
+    assert last_lr == pytest.approx(learning_rate(tiny_cfg.stage1, 2, 3))
+    assert last_lr == pytest.approx(tiny_cfg.stage1.lr * 0.25)  # (1 + cos(2π/3)) / 2
+    with pytest.raises(ValueError, match="schedule"):
+        make_config("tiny", overrides=['stage2.schedule="step"'])
+
+
+def test_families_command_writes_every_table(tmp_path, capsys):
+    from examples.css_ccnn.cli import main
+
+    args = ["families", "--preset", "tiny", "--out", str(tmp_path), "--families", "sparse"]
+    args += ["--seeds", "2", "--num-train", "4", "--num-test", "2", "--device", "cpu"]
+    assert main([*args, "--threads", "1", "--no-progress"]) == 0
+    text = (tmp_path / "families.md").read_text()
+    assert "## sparse" in text and "S_crop" in text and "λ" in text and "Bar:" in text
+    for method in ("CSS-CCNN", "CSS-CCNN++", "CCNN Random", "Without Stage 1", "CCNN Mean"):
+        assert f"| {method} |" in text
+    record = json.loads((tmp_path / "families.json").read_text())["sparse"]
+    assert record["summary"]["CSS-CCNN"]["runs"] == 2 and len(record["stage1_accuracy"]) == 2
+    assert set(record["claim"]) >= {"css_mae", "mean_mae", "prior_mae", "random_mae"}
+    meta = json.loads((tmp_path / "data" / "sparse" / "synthetic.json").read_text())
+    assert meta["parameters"]["family"] == "sparse"
+
+
+@pytest.mark.slow
+def test_stage1_learns_rotation_on_the_cpu_preset(tmp_path):
+    """The cpu preset's stage 1 gets well above chance (0.25) on a small medium-family set (the
+    full 60-image runs reach 0.85; here 20 images and 10 epochs, about a minute)."""
+    from examples.css_ccnn.stage1 import train_stage1
+
+    root = make_synthetic(tmp_path / "d", family="medium", num_train=20, num_test=1, seed=4)
+    cfg = make_config(
+        "cpu", overrides=[f"data.root={json.dumps(str(root))}", 'device="cpu"', "stage1.epochs=10"]
+    )
+    result = train_stage1(open_dataset(root, labels=False), cfg, tmp_path / "s1", progress=False)
+    assert result.best_accuracy > 0.6

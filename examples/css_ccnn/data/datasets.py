@@ -28,14 +28,20 @@ Layouts (``root`` is the folder the archive unpacks to):
 ``"nwpu"``                ``images/XXXX.jpg`` (or ``images_part*/``), ``jsons/XXXX.json`` with
                           ``"points": [[x, y], ...]`` (0-based); splits from ``train.txt``,
                           ``val.txt``, ``test.txt`` (first column = image id)
-``"folder"``              any ``.jpg .jpeg .png .bmp`` below ``root`` (recursive), no labels
+``"folder"``              any image below ``root`` (recursive), no labels
 ========================  ==================================================================
+
+Images are the files with an extension in :data:`IMAGE_EXTENSIONS` (read with Pillow). Image
+files with other extensions (``.gif``, ``.heic``, ``.avif``, ...) are skipped with a
+:class:`DatasetWarning`, and a ground-truth file whose image is missing (or skipped) is an error:
+evaluating on fewer images than were annotated would be silent.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +54,32 @@ __all__ = [
     "KINDS",
     "CrowdDataset",
     "DatasetError",
+    "DatasetWarning",
     "Sample",
+    "count_images",
+    "image_shape",
     "open_dataset",
     "read_image",
+    "require_labeled",
+    "require_unlabeled",
 ]
 
 KINDS = ("shanghaitech", "qnrf", "jhu", "ucf_cc_50", "nwpu", "folder")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# the splits that together hold every image of a dataset of each kind
+_ALL_SPLITS = {
+    "shanghaitech": ("train", "test"),
+    "qnrf": ("train", "test"),
+    "jhu": ("train", "val", "test"),
+    "ucf_cc_50": ("all",),
+    "nwpu": ("all",),
+    "folder": ("all",),
+}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# image formats that are not read: reported, never dropped silently
+_SKIPPED_IMAGE_EXTENSIONS = (
+    ".gif", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".svg", ".ico", ".psd",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".exr", ".hdr", ".dng", ".raw", ".cr2", ".nef", ".arw",
+)  # fmt: skip
 
 PathLike = Union[str, Path]
 PointReader = Callable[[Path], np.ndarray]
@@ -62,6 +87,10 @@ PointReader = Callable[[Path], np.ndarray]
 
 class DatasetError(ValueError):
     """A dataset file is missing, unreadable or malformed; the message names the file."""
+
+
+class DatasetWarning(UserWarning):
+    """Files of a dataset folder were skipped (e.g. images in a format that is not read)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,6 +183,10 @@ class CrowdDataset(Sequence[Sample]):
             raise ValueError(f"{self.name} was opened with labels=False; it has no points")
         return self._point_reader(self.annotation_paths[index])
 
+    def image_shapes(self) -> list[tuple[int, int]]:
+        """``(height, width)`` of every image, from the file headers (no pixel is decoded)."""
+        return [image_shape(path) for path in self.paths]
+
     def counts(self) -> np.ndarray:
         """(N,) int64 head count of every image (reads the annotations only)."""
         return np.array([self.read_points(i).shape[0] for i in range(len(self))], dtype=np.int64)
@@ -179,9 +212,9 @@ def read_image(path: PathLike) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB.
 
     Decoded with Pillow, which reports a truncated file (OpenCV 4 returns a partly gray image with
-    only a printed warning). Gray, palette, RGBA and CMYK images are converted to RGB. The pixels are
-    kept in their stored order: an EXIF orientation tag is not applied, matching annotations made
-    on the stored pixels (MATLAB's ``imread`` ignores it too).
+    only a printed warning). Gray, palette, RGBA and CMYK images are converted to RGB. The pixels
+    are kept in their stored order: an EXIF orientation tag is not applied, matching annotations
+    made on the stored pixels (MATLAB's ``imread`` ignores it too).
 
     Raises:
         DatasetError: the file is missing, unreadable, truncated or not a decodable 8-bit image.
@@ -205,6 +238,22 @@ def read_image(path: PathLike) -> np.ndarray:
     if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         raise DatasetError(f"image file {path} decoded to shape {image.shape}")
     return image
+
+
+def image_shape(path: PathLike) -> tuple[int, int]:
+    """``(height, width)`` of an image file, read from its header.
+
+    Raises:
+        DatasetError: the file is missing or not an image Pillow can identify.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except Exception as exc:  # Pillow raises OSError, UnidentifiedImageError, ...
+        raise DatasetError(f"cannot read the size of image file {path}: {exc}") from exc
+    return int(height), int(width)
 
 
 def _as_points(raw: object, path: Path, what: str) -> np.ndarray:
@@ -310,7 +359,60 @@ def _list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
     files = [
         p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
     ]
+    _warn_skipped(folder, pattern)
     return sorted(files, key=lambda p: _natural_key(p.relative_to(folder)))
+
+
+def _warn_skipped(folder: Path, pattern: str) -> None:
+    skipped = sorted(p.name for p in folder.glob(pattern) if _is_skipped_image(p))
+    if skipped:
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        warnings.warn(
+            f"{folder}: skipped {len(skipped)} image file(s) in formats that are not read "
+            f"({', '.join(skipped[:3])}{more}); convert them to one of "
+            f"{' '.join(IMAGE_EXTENSIONS)} to use them",
+            DatasetWarning,
+            stacklevel=4,
+        )
+
+
+def _is_skipped_image(path: Path) -> bool:
+    return path.suffix.lower() in _SKIPPED_IMAGE_EXTENSIONS and path.is_file()
+
+
+# annotation file name pattern and image stem of each labeled layout
+_ANNOTATION_NAMES = {
+    "shanghaitech": ("GT_*.mat", lambda name: name[len("GT_") : -len(".mat")]),
+    "qnrf": ("*_ann.mat", lambda name: name[: -len("_ann.mat")]),
+    "jhu": ("*.txt", lambda name: name[: -len(".txt")]),
+    "ucf_cc_50": ("*_ann.mat", lambda name: name[: -len("_ann.mat")]),
+    "nwpu": ("*.json", lambda name: name[: -len(".json")]),
+}
+
+
+def _check_annotations_have_images(kind: str, root: Path, images: list[Path], anns) -> None:
+    """Every annotation file beside the used ones has a readable image (else the evaluation
+    would silently use fewer images than were annotated)."""
+    pattern, stem_of = _ANNOTATION_NAMES[kind]
+    folders = {p.parent for p in images}
+    if kind == "nwpu":
+        folders |= {p for p in root.glob("images*") if p.is_dir()}
+    stems = {p.stem for folder in folders for p in _list_quietly(folder)}
+    for ann_dir in sorted({a.parent for a in anns}):
+        for ann in sorted(ann_dir.glob(pattern), key=_natural_key):
+            stem = stem_of(ann.name)
+            if stem in stems:
+                continue
+            others = sorted(q.name for f in folders for q in f.glob(f"{stem}.*") if q.is_file())
+            found = f"; found {', '.join(others)}, in a format that is not read" if others else ""
+            raise DatasetError(
+                f"ground-truth file {ann} has no image {stem} with one of the extensions "
+                f"{' '.join(IMAGE_EXTENSIONS)}{found}"
+            )
+
+
+def _list_quietly(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
 
 
 def _first_dir(parent: Path, names: Sequence[str], what: str) -> Path:
@@ -437,8 +539,9 @@ def open_dataset(
             ``UCF-QNRF_ECCV18``, ``jhu_crowd_v2.0``, ``UCF_CC_50``, ``NWPU-Crowd``).
         kind (str): ``"shanghaitech" | "qnrf" | "jhu" | "ucf_cc_50" | "nwpu" | "folder"``.
         split (str): ``"train" | "test"`` (ShanghaiTech, UCF-QNRF, UCF-CC-50 with ``fold``),
-            ``"train" | "val" | "test"`` (JHU-CROWD++, NWPU-Crowd), ``"all"`` (UCF-CC-50, NWPU-Crowd:
-            every image). For ``"folder"`` the whole folder is the set: ``"train"`` or ``"all"``.
+            ``"train" | "val" | "test"`` (JHU-CROWD++, NWPU-Crowd), ``"all"`` (UCF-CC-50,
+            NWPU-Crowd: every image). For ``"folder"`` the whole folder is the set: ``"train"``
+            or ``"all"``.
         labels (bool): read annotations. Complete self-supervision trains with ``labels=False``;
             ``kind="folder"`` requires it.
         fold (int or None): UCF-CC-50 cross-validation fold, ``0 <= fold < num_folds``; fold
@@ -506,5 +609,74 @@ def open_dataset(
         images, anns, reader = _open_nwpu(root, split, labels)
     if anns is not None:
         _check_annotations(anns)
+        _check_annotations_have_images(kind, root, images, anns)
     name = f"{kind}/{split}" if fold is None else f"{kind}/{split}/fold{int(fold)}"
     return CrowdDataset(name, images, anns, reader)
+
+
+# ----------------------------------------------------------------------------------------------
+# the label-free guarantee
+
+
+def require_unlabeled(dataset: object, what: str) -> CrowdDataset:
+    """Refuse a dataset that carries labels: label-free training gets ``labels=False`` images.
+
+    Args:
+        dataset: what the caller received.
+        what (str): the caller's name, for the message.
+
+    Returns:
+        CrowdDataset: ``dataset``, checked.
+
+    Raises:
+        TypeError: ``dataset`` is not a :class:`CrowdDataset`.
+        ValueError: it was opened with ``labels=True``.
+    """
+    if not isinstance(dataset, CrowdDataset):
+        raise TypeError(f"{what} expects a CrowdDataset, got {type(dataset).__name__}")
+    if dataset.labels:
+        raise ValueError(
+            f"{what} is label-free: open the training images with open_dataset(..., labels=False) "
+            "(got a dataset with labels=True)"
+        )
+    return dataset
+
+
+def require_labeled(dataset: object, what: str) -> CrowdDataset:
+    """Refuse a dataset without labels (the labeled baselines and evaluation need them).
+
+    Raises:
+        TypeError: ``dataset`` is not a :class:`CrowdDataset`.
+        ValueError: it was opened with ``labels=False``.
+    """
+    if not isinstance(dataset, CrowdDataset):
+        raise TypeError(f"{what} expects a CrowdDataset, got {type(dataset).__name__}")
+    if not dataset.labels:
+        raise ValueError(f"{what} needs labels: open the dataset with labels=True")
+    return dataset
+
+
+def count_images(root: PathLike, *, kind: str = "shanghaitech") -> int:
+    """The number of images of a dataset, all splits together (reads no annotation).
+
+    This is the paper's S (the size of the image collection; 482 for ShanghaiTech A: 300
+    training + 182 test images). Splits that are not there are skipped (a folder of training
+    images alone counts those).
+
+    Example:
+        >>> from examples.css_ccnn.data import make_synthetic
+        >>> import tempfile
+        >>> count_images(make_synthetic(tempfile.mkdtemp(), num_train=3, num_test=2))
+        5
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    total = 0
+    for split in _ALL_SPLITS[kind]:
+        try:
+            total += len(open_dataset(root, kind=kind, split=split, labels=False))
+        except DatasetError:  # this split is not there
+            continue
+    if total == 0:
+        raise DatasetError(f"no images found under {root} (kind={kind!r})")
+    return total

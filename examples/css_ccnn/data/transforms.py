@@ -12,28 +12,19 @@ Transforms never modify their inputs and return new arrays.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
-
 import numpy as np
-
-if TYPE_CHECKING:
-    import torch
+import torch
+from torch.nn import functional as F
 
 __all__ = [
     "cell_counts",
-    "crop",
     "density_map",
     "gaussian_kernel_1d",
     "hflip",
-    "random_crop",
-    "random_crop_position",
     "resize_for_test",
     "resized_shape",
     "to_tensor",
 ]
-
-SizeLike = Union[int, tuple[int, int]]
-
 
 # ----------------------------------------------------------------------------------------------
 # checks
@@ -72,38 +63,47 @@ def _positive_int(value: object, name: str) -> int:
     return int(value)
 
 
-def _size_hw(size: object) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        return _positive_int(size, "size"), int(size)
-    if isinstance(size, (tuple, list)) and len(size) == 2:
-        return _positive_int(size[0], "size[0]"), _positive_int(size[1], "size[1]")
-    raise ValueError(f"size must be an int or a (height, width) pair, got {size!r}")
-
-
 # ----------------------------------------------------------------------------------------------
 # geometry
 
 
 def resized_shape(
-    height: int, width: int, *, min_side: int = 224, max_side: int = 1024, multiple: int = 8
+    height: int,
+    width: int,
+    *,
+    min_side: int = 224,
+    max_side: int = 1024,
+    multiple: int = 8,
+    scale: float = 1.0,
 ) -> tuple[int, int]:
     """The (height, width) an image is resized to for testing, as in the original CSS-CCNN code.
 
-    The short side is scaled up to ``min_side`` when shorter, then the long side scaled down to
+    The image is first scaled by ``scale`` (1 in the original; the ``cpu`` preset halves every
+    image, with halved bounds, so that its geometry is the paper's at half resolution). The short
+    side is scaled up to ``min_side`` when shorter, then the long side scaled down to
     ``max_side`` when longer (aspect ratio kept, sizes rounded to the nearest pixel), then each side
-    rounded up to a multiple of ``multiple``. For aspect ratios beyond ``max_side / min_side``
-    both constraints cannot hold; the original then let the short side fall below ``min_side``, here
-    the short side is clamped to ``min_side`` (a small aspect change) so that a 224 crop always fits.
+    rounded up to a multiple of ``multiple``. For aspect ratios beyond ``max_side / min_side`` both
+    constraints cannot hold; the original then let the short side fall below ``min_side``, here the
+    short side is clamped to ``min_side`` (a small aspect change) so that a 224 crop always fits.
 
     Args:
         height (int), width (int): the input size.
         min_side (int), max_side (int): bounds on the output sides, multiples of ``multiple``.
         multiple (int): every output side is a multiple of it (the model's output stride, 8).
+        scale (float): factor applied before the bounds, > 0.
 
     Returns:
         tuple[int, int]: ``(height, width)`` with ``min_side <= sides <= max_side``.
+
+    Example:
+        >>> resized_shape(480, 640), resized_shape(480, 640, min_side=112, max_side=512, scale=0.5)
+        ((480, 640), (240, 320))
     """
     h, w = _positive_int(height, "height"), _positive_int(width, "width")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < 1e3:
+        raise ValueError(f"scale must be a number > 0, got {scale!r}")
+    if scale != 1:
+        h, w = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
     m = _positive_int(multiple, "multiple")
     lo, hi = _positive_int(min_side, "min_side"), _positive_int(max_side, "max_side")
     if lo % m or hi % m or lo > hi:
@@ -132,6 +132,7 @@ def resize_for_test(
     min_side: int = 224,
     max_side: int = 1024,
     multiple: int = 8,
+    scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Resize a full image for testing: short side ≥ ``min_side``, long side ≤ ``max_side``, sides
     multiples of ``multiple`` (see :func:`resized_shape`), bilinear like the original code.
@@ -139,7 +140,8 @@ def resize_for_test(
     Args:
         image ((H, W, C) or (H, W) ndarray): any dtype ``cv2.resize`` takes (uint8, float32).
         points ((K, 2) ndarray or None): ``(x, y)`` positions, moved with the pixels.
-        min_side (int), max_side (int), multiple (int): see :func:`resized_shape`.
+        min_side (int), max_side (int), multiple (int), scale (float): see
+            :func:`resized_shape`.
 
     Returns:
         tuple: the resized image (same dtype; the input itself is never returned) and the moved
@@ -155,7 +157,9 @@ def resize_for_test(
     image = _check_image(image)
     pts = _check_points(points)
     h, w = image.shape[:2]
-    new_h, new_w = resized_shape(h, w, min_side=min_side, max_side=max_side, multiple=multiple)
+    new_h, new_w = resized_shape(
+        h, w, min_side=min_side, max_side=max_side, multiple=multiple, scale=scale
+    )
     if (new_h, new_w) == (h, w):
         out = image.copy()
     else:
@@ -164,84 +168,6 @@ def resize_for_test(
         scale = np.array([new_w / w, new_h / h])
         pts = (pts + 0.5) * scale - 0.5
     return out, pts
-
-
-def random_crop_position(
-    shape_hw: tuple[int, int], size: SizeLike, rng: np.random.Generator, *, multiple: int = 8
-) -> tuple[int, int]:
-    """A uniformly random ``(top, left)`` of a ``size`` crop inside ``shape_hw``, rounded down to a
-    multiple of ``multiple`` so that the crop is aligned with the 1/8 output grid (as the original).
-    """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    ch, cw = _size_hw(size)
-    h, w = int(shape_hw[0]), int(shape_hw[1])
-    m = _positive_int(multiple, "multiple")
-    if ch > h or cw > w:
-        raise ValueError(
-            f"crop size {(ch, cw)} does not fit in an image of shape {(h, w)}; "
-            "resize the image first (resize_for_test)"
-        )
-    top = int(rng.integers(0, h - ch + 1)) // m * m
-    left = int(rng.integers(0, w - cw + 1)) // m * m
-    return top, left
-
-
-def crop(
-    image: np.ndarray, points: np.ndarray | None, top: int, left: int, size: SizeLike
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Crop ``image[top:top+h, left:left+w]``; keep the points whose pixel lies inside, shifted.
-
-    Args:
-        image ((H, W, C) or (H, W) ndarray): the image.
-        points ((K, 2) ndarray or None): ``(x, y)`` positions.
-        top (int), left (int): the crop's corner; the crop must lie inside the image.
-        size (int or (h, w)): the crop size.
-
-    Returns:
-        tuple: the cropped image (a copy) and the (K', 2) float64 points in crop coordinates.
-    """
-    image = _check_image(image)
-    pts = _check_points(points)
-    ch, cw = _size_hw(size)
-    h, w = image.shape[:2]
-    top, left = int(top), int(left)
-    if top < 0 or left < 0 or top + ch > h or left + cw > w:
-        raise ValueError(
-            f"crop (top={top}, left={left}, size={(ch, cw)}) is outside the image of shape {(h, w)}"
-        )
-    out = image[top : top + ch, left : left + cw].copy()
-    if pts is not None:
-        col = np.floor(pts[:, 0] + 0.5)
-        row = np.floor(pts[:, 1] + 0.5)
-        keep = (col >= left) & (col < left + cw) & (row >= top) & (row < top + ch)
-        pts = pts[keep] - np.array([left, top], dtype=np.float64)
-    return out, pts
-
-
-def random_crop(
-    image: np.ndarray,
-    points: np.ndarray | None,
-    size: SizeLike,
-    rng: np.random.Generator,
-    *,
-    multiple: int = 8,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """A random ``size`` crop (the original's 224×224 training crop), corner aligned to ``multiple``.
-
-    Args:
-        image ((H, W, C) or (H, W) ndarray): at least ``size`` on each side.
-        points ((K, 2) ndarray or None): ``(x, y)`` positions; those outside the crop are dropped.
-        size (int or (h, w)): the crop size.
-        rng (numpy.random.Generator): the source of randomness.
-        multiple (int): the corner is a multiple of it (1 for any position).
-
-    Returns:
-        tuple: the cropped image and the points in crop coordinates (``None`` stays ``None``).
-    """
-    image = _check_image(image)
-    top, left = random_crop_position(image.shape[:2], size, rng, multiple=multiple)
-    return crop(image, points, top, left, size)
 
 
 def hflip(image: np.ndarray, points: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -348,8 +274,8 @@ def density_map(
 def cell_counts(density: torch.Tensor, cell: int) -> torch.Tensor:
     """Counts of ``cell × cell`` blocks of a density map, flattened per image.
 
-    ``AvgPool2d(cell) · cell²`` as in the original (a 28×28 output with ``cell = 8`` gives 3×3 cells;
-    the remainder rows/columns are dropped). Differentiable.
+    ``AvgPool2d(cell) · cell²`` as in the original (a 28×28 output with ``cell = 8`` gives 3×3
+    cells; the remainder rows/columns are dropped). Differentiable.
 
     Args:
         density ((B, 1, h, w) Tensor): density maps.
@@ -359,13 +285,9 @@ def cell_counts(density: torch.Tensor, cell: int) -> torch.Tensor:
         (B, (h // cell) · (w // cell)) Tensor: cell sums, row-major.
 
     Example:
-        >>> import torch
         >>> cell_counts(torch.ones(2, 1, 28, 28), 8).shape
         torch.Size([2, 9])
     """
-    import torch
-    import torch.nn.functional as F
-
     if not isinstance(density, torch.Tensor):
         raise TypeError(
             f"density must be a torch.Tensor (B, 1, h, w), got {type(density).__name__}"
@@ -385,8 +307,6 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     never modified or shared). A batch (B, H, W, 3) gives (B, 3, H, W). Normalization (the Caffe
     means of the original) is the model's job.
     """
-    import torch
-
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a numpy array (H, W, 3), got {type(image).__name__}")
     if image.ndim not in (3, 4) or image.shape[-1] != 3:
