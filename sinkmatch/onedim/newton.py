@@ -50,7 +50,14 @@ def segment_cumsum(v: Tensor, line: Line) -> Tensor:
     return cs - before[line.prob]
 
 
-def newton_direction(line: Line, target: Tensor, marginal: Tensor, moment: Tensor, eps: float):
+def newton_direction(
+    line: Line,
+    target: Tensor,
+    marginal: Tensor,
+    moment: Tensor,
+    eps: float,
+    slope_cap: Tensor | None = None,
+):
     r"""The path-Laplacian Newton step on one side, mean-free per problem, (n,).
 
     Args:
@@ -60,6 +67,9 @@ def newton_direction(line: Line, target: Tensor, marginal: Tensor, moment: Tenso
         moment ((n,) Tensor): :math:`(P m)_i`, the plan applied to the other side's conditional
             mean of this side's position (same plan as ``marginal``).
         eps: ε.
+        slope_cap ((B,) Tensor, optional): Largest change of slope per problem: the step across
+            a gap of width ``h`` is clipped to ``slope_cap * h`` (a trust region; a gap whose
+            flux is at rounding level would otherwise get an unbounded step).
 
     Returns:
         (n,) Tensor: The increment ``d`` of this side's potential (ascent direction of the
@@ -76,6 +86,9 @@ def newton_direction(line: Line, target: Tensor, marginal: Tensor, moment: Tenso
     last[line.offsets[1:] - 1] = True
     ok = ~last & (after > 0)
     step = torch.where(ok, -mass * gap * eps / torch.where(ok, after, 1.0), 0.0)
+    if slope_cap is not None:
+        cap = slope_cap[line.prob] * gap
+        step = torch.maximum(torch.minimum(step, cap), -cap)
     # d_{k+1} = d_k + step_k: an exclusive cumulative sum of the steps per problem
     d = segment_cumsum(step, line) - step
     return d - segment_sum(d * target, line)[line.prob] / segment_sum(target, line)[line.prob]

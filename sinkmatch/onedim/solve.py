@@ -85,6 +85,7 @@ class _Geometry:
         self.kernel_tol = kernel_tol
         self.t_x = SqTransform(self.xs, self.ys, eps, self.p, kernel_tol)  # f-updates
         self.t_y = SqTransform(self.ys, self.xs, eps, self.p, kernel_tol)  # g-updates
+        self.slope_cap = _slope_cap(self.xs, self.ys)
         self.log_a = torch.log(self.xs.weight)
         self.log_b = torch.log(self.ys.weight)
 
@@ -94,6 +95,24 @@ class _Geometry:
             return None
         t = SqTransform(line, src, self.eps, self.p, self.kernel_tol)
         return -self.eps * t(h).log_sum
+
+
+def _slope_cap(xs: Line, ys: Line) -> Tensor:
+    r"""Per problem, twice the largest slope a potential can have: :math:`4 (\max - \min)`.
+
+    The potentials' slopes are :math:`f'(x) = 2 (x - \mathbb E[y \mid x])`, at most twice the
+    span of both supports; the Newton correction never changes a slope by more than twice that.
+    """
+    lo = torch.minimum(problem_min(xs), problem_min(ys))
+    hi = torch.maximum(problem_max(xs), problem_max(ys))
+    return 4.0 * (hi - lo)
+
+
+def problem_max(line: Line) -> Tensor:
+    """Largest atom position per problem, (B,) (0 for problems without atoms)."""
+    last = line.offsets[1:] - 1
+    nonempty = line.offsets[1:] > line.offsets[:-1]
+    return torch.where(nonempty, line.pos[last.clamp_min(0)], 0.0)
 
 
 def _shifted(line: Line) -> Tensor:
@@ -166,7 +185,7 @@ def _iterate(geo: _Geometry, f: Tensor, *, tol: float, max_iter: int):
         f_next = f_new
         if bool(side_x.any()):
             moment = row * (torch.exp(out_x.log_channels[:, 0] - out_x.log_sum) + x_min[px])
-            d_x = newton_direction(xs, xs.weight, row, moment, eps)
+            d_x = newton_direction(xs, xs.weight, row, moment, eps, geo.slope_cap)
             f_next = f_new + torch.where(side_x[px], beta[px], 0.0) * d_x
         f = torch.where(done[px], f, f_next)
         chans = torch.stack([xs.pos - x_min[px], mean_y - y_min[px]], 1)
@@ -181,7 +200,7 @@ def _iterate(geo: _Geometry, f: Tensor, *, tol: float, max_iter: int):
         g_next = g_new
         if bool(side_y.any()):
             moment = col * (torch.exp(out_y.log_channels[:, 1] - out_y.log_sum) + y_min[py])
-            d_y = newton_direction(ys, ys.weight, col, moment, eps)
+            d_y = newton_direction(ys, ys.weight, col, moment, eps, geo.slope_cap)
             g_next = g_new + torch.where(side_y[py], beta[py], 0.0) * d_y
         # problems done at the column check keep (f, g): rows exact, returned f = T_x(g)
         keep = done | done_y
@@ -222,7 +241,7 @@ def solve_1d(
     eps: float,
     tol: float = 1e-3,
     max_iter: int = 200,
-    kernel_tol: float = 1e-9,
+    kernel_tol: float | None = None,
 ) -> OneDimResult:
     r"""Entropic OT with the squared cost between batches of weighted points on the line.
 
@@ -234,7 +253,8 @@ def solve_1d(
         eps: ε > 0, in squared position units.
         tol: Stop a problem when its L1 marginal error bound is at most ``tol``.
         max_iter: Largest number of cycles.
-        kernel_tol: Relative error allowed to the truncated expansions of the soft-min sums.
+        kernel_tol: Relative error allowed to the truncated expansions of the soft-min sums
+            (default ``min(1e-9, tol / 100)``: the bound enters the stopping test).
 
     Returns:
         OneDimResult: Value, potentials, convergence and error bounds.
@@ -244,6 +264,7 @@ def solve_1d(
     an = a / a.sum(1, keepdim=True)
     bn = b / b.sum(1, keepdim=True)
     a64, b64 = an.detach().double(), bn.detach().double()
+    kernel_tol = min(1e-9, tol / 100) if kernel_tol is None else kernel_tol
     geo = _Geometry(x64, y64, a64, b64, float(eps), kernel_tol)
     with torch.no_grad():
         f0 = _warm_start(geo, x64, y64, a64, b64)
@@ -255,17 +276,30 @@ def solve_1d(
     f = _fill(f, geo.x0, f_zero)
     g_pts = _fill(point_values(geo.ys, g), geo.y0, g_zero).to(dtype)
     value = (an * f).sum(1) + (bn * g_pts).sum(1)
+    err = err + bound + _rounding(geo, f_atoms, g)
     return OneDimResult(
         value=value,
         f=f,
         g=g_pts,
         n_iter=n_iter,
-        converged=done,
-        marginal_error=err + bound,
+        converged=done & (err <= tol),
+        marginal_error=err,
         kernel_error=bound,
         barycentric=_fill(point_values(geo.xs, bary), geo.x0, None),
         n_plans=geo.t_x.n_plans + geo.t_y.n_plans,
     )
+
+
+def _rounding(geo: _Geometry, f: Tensor, g: Tensor) -> Tensor:
+    r"""The marginal error that float64 rounding of the exponents can hide, per problem.
+
+    :math:`8 u \,(\max |f| + \max |g|) / \varepsilon` with the unit roundoff ``u``: potentials
+    far from their gauge-free size lose the digits that the stopping test reads.
+    """
+    zeros = torch.zeros_like(geo.slope_cap)
+    big_f = zeros.scatter_reduce(0, geo.xs.prob, f.abs(), "amax")
+    big_g = zeros.scatter_reduce(0, geo.ys.prob, g.abs(), "amax")
+    return 8.0 * torch.finfo(torch.float64).eps * (big_f + big_g) / geo.eps
 
 
 def _fill(v: Tensor, line: Line | None, atoms: Tensor | None) -> Tensor:
