@@ -234,3 +234,17 @@ def test_memory_at_65536_squared_stays_under_a_bound():
     converged, grown_mb = done.stdout.split()
     assert converged == "True"
     assert float(grown_mb) < 1000.0
+
+
+def test_a_gap_with_rounding_level_flux_does_not_blow_up_the_potentials():
+    """Regression: without the slope trust region this problem reported converged with a value
+    of -262,144 (potentials near 1e21, the error test's digits lost)."""
+    x = torch.tensor([[0.9208, -0.4446, -1.3383, -0.4112]], dtype=torch.float64)
+    y = torch.tensor([[0.1732, 1.0580, -0.4299, 0.1507, 0.2416, 0.3011]], dtype=torch.float64)
+    a = torch.tensor([[0.0898, 0.6730, 0.7239, 0.9230]], dtype=torch.float64)
+    b = torch.tensor([[0.9856, 0.1835, 0.8093, 0.2804, 0.2406, 0.1184]], dtype=torch.float64)
+    for eps in (0.04, 0.05, 0.06):
+        ref = _dense(x, y, a, b, eps)
+        out = solve_1d(x, y, a, b, eps=eps, tol=1e-8, max_iter=2000)
+        assert out.converged.all() and out.f.abs().max() < 100.0
+        assert out.value.item() == pytest.approx(ref.value.item(), rel=REL)
