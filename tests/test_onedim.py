@@ -171,10 +171,14 @@ def test_float32_with_crowd_like_counts_is_stable():
     assert torch.allclose(out.value.double(), ref.value, rtol=1e-5)
 
 
-def test_sinkhorn_backend_onedim_and_auto_choice():
+def test_sinkhorn_backend_onedim_and_auto_choice(monkeypatch):
+    import sinkmatch.backends.onedim as onedim_backend
+
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 300, 1, generator=gen, dtype=torch.float64)
     y = torch.randn(2, 400, 1, generator=gen, dtype=torch.float64)
+    assert not isinstance(sinkhorn(x, y, eps=0.1).backend, OneDimSoftmin)  # below 2^22 entries
+    monkeypatch.setattr(onedim_backend, "AUTO_ONEDIM_MIN_ELEMENTS", 300 * 400)
     for value, cost in (("regularized", SqEuclidean(scale=0.5)), ("divergence", "sqeuclidean")):
         ref = sinkhorn(x, y, eps=0.1, cost=cost, value=value, backend="dense", tol=1e-9)
         out = sinkhorn(x, y, eps=0.1, cost=cost, value=value, tol=1e-9)

@@ -9,7 +9,7 @@
 3. ``online`` otherwise (``O(N + M)`` memory per problem).
 
 :func:`sinkmatch.sinkhorn` then hands balanced 1-D problems with the squared cost on the CPU
-and at least ``2^16`` cost entries per problem to ``onedim`` (:mod:`sinkmatch.backends.onedim`,
+and at least ``2^22`` cost entries per problem to ``onedim`` (:mod:`sinkmatch.backends.onedim`,
 the whole solve in ``O(N + M)``), which ``backend="onedim"`` also selects.
 
 Backends are imported lazily; Triton is only imported when it is asked for or when the ``auto``
