@@ -18,6 +18,7 @@ Usage::
     python benchmarks/compare.py                               # full, ~15 minutes
     python benchmarks/compare.py --cases css1d-256 --adapters sinkmatch:default,pot:sinkhorn_log
     python benchmarks/plot_results.py                          # figures + docs/benchmarks.md tables
+    python benchmarks/compare.py --onedim                      # the 1-D path's table (issue 12)
 
 Results: ``benchmarks/results/compare_{quick,full}.csv`` (one row per case, with the library
 versions, the machine and the date on every row).
@@ -640,6 +641,11 @@ def _floor_for(floor: dict, entries: int) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--onedim" in argv:  # issue 12's table: benchmarks/onedim_table.py
+        from benchmarks import onedim_table
+
+        return onedim_table.main([a for a in argv if a != "--onedim"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, a couple of minutes")
     ap.add_argument(

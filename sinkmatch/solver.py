@@ -55,6 +55,7 @@ from sinkmatch._checks import (
     describe,
 )
 from sinkmatch.backends import Geometry, Problem, SoftminBackend, get_backend, prepare
+from sinkmatch.backends.onedim import OneDimSoftmin, choose_onedim
 from sinkmatch.costs import Cost, PrecomputedCost, get_cost
 from sinkmatch.exact1d import exact_1d_potentials
 from sinkmatch.unbalanced import as_masses, check_rho, dual_value, empty_value
@@ -64,7 +65,7 @@ __all__ = ["VALUES", "SinkhornResult", "sinkhorn"]
 Value = Literal["regularized", "transport", "divergence"]
 Grad = Literal["envelope", "autodiff"]
 Init = Union[Literal["auto", "exact1d"], tuple[Tensor, Tensor], None]
-BackendSpec = Union[Literal["auto", "dense", "online", "triton"], SoftminBackend]
+BackendSpec = Union[Literal["auto", "dense", "online", "triton", "onedim"], SoftminBackend]
 CostSpec = Union[str, Cost, Callable[[Tensor, Tensor], Tensor]]
 VALUES: tuple[str, ...] = get_args(Value)
 _GRADS: tuple[str, ...] = get_args(Grad)
@@ -97,6 +98,8 @@ class SinkhornResult:
             compute dtype, normalized weights, the cost; or the ``cost_matrix`` with
             ``(B, N, 0)`` placeholder points), detached.
         backend (SoftminBackend): The backend that solved it (the ``"auto"`` rule's choice).
+        kernel_error ((B,) Tensor or None): The 1-D path's bound on the relative error of its
+            soft-min sums (included in ``marginal_error``); ``None`` for exact backends.
     """
 
     value: Tensor
@@ -108,6 +111,7 @@ class SinkhornResult:
     eps: float
     problem: Problem = field(repr=False)
     backend: SoftminBackend = field(repr=False)
+    kernel_error: Tensor | None = None
 
     def plan(self, *, force: bool = False) -> Tensor:
         r"""The transport plan :math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon}`.
@@ -647,7 +651,7 @@ def sinkhorn(
             ``"autodiff"``: differentiate through the unrolled loop (memory grows with the
             iterations; for checking and for exact gradients of the truncated ``"transport"``
             value, which then materializes the plan).
-        backend: ``"auto"``, ``"dense"``, ``"online"``, ``"triton"`` or a
+        backend: ``"auto"``, ``"dense"``, ``"online"``, ``"triton"``, ``"onedim"`` or a
             :class:`~sinkmatch.backends.base.SoftminBackend`; see
             :func:`sinkmatch.backends.get_backend` for the ``auto`` rule.
         fixed_iterations: Run exactly ``max_iter`` iterations with no host synchronisation (no
@@ -704,7 +708,11 @@ def sinkhorn(
     problem, unbatched = _build_problem(x, y, a, b, cost_matrix, cost, opts)
     init = _resolve_init(init, problem.cost, problem.x, problem.y, opts)
     backend_obj = get_backend(backend, x=problem.x, y=problem.y, cost=problem.cost)
-    if problem.unbalanced and opts.check_values:
+    backend_obj = choose_onedim(backend, backend_obj, problem, opts, init)
+    kernel_error = None
+    if isinstance(backend_obj, OneDimSoftmin):  # the whole solve on the line
+        out, f, g, err, n_iter, kernel_error = backend_obj.solve(problem, opts)
+    elif problem.unbalanced and opts.check_values:
         out, f, g, err, n_iter = _run_unbalanced(problem, backend_obj, init, opts)
     else:
         out, f, g, err, n_iter = _run(problem, backend_obj, init, opts)
@@ -721,4 +729,5 @@ def sinkhorn(
         eps=opts.eps,
         problem=problem.detach(),
         backend=backend_obj,
+        kernel_error=kernel_error,
     )

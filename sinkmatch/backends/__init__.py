@@ -8,6 +8,10 @@
    for callable costs (only the dense backend can evaluate them);
 3. ``online`` otherwise (``O(N + M)`` memory per problem).
 
+:func:`sinkmatch.sinkhorn` then hands balanced 1-D problems with the squared cost on the CPU
+and at least ``2^22`` cost entries per problem to ``onedim`` (:mod:`sinkmatch.backends.onedim`,
+the whole solve in ``O(N + M)``), which ``backend="onedim"`` also selects.
+
 Backends are imported lazily; Triton is only imported when it is asked for or when the ``auto``
 rule sees CUDA tensors. :func:`prepare` turns a backend and a problem into the
 :class:`~sinkmatch.backends.base.Geometry` that the Sinkhorn loop drives (see
@@ -41,7 +45,7 @@ __all__ = [
 ]
 
 AUTO_DENSE_MAX_ELEMENTS = 1 << 24
-_NAMES = ("auto", "dense", "online", "triton")
+_NAMES = ("auto", "dense", "online", "triton", "onedim")
 
 
 def _triton_importable() -> bool:
@@ -61,6 +65,10 @@ def _make(name: str) -> SoftminBackend:
         from sinkmatch.backends.online import OnlineSoftmin
 
         return OnlineSoftmin()
+    if name == "onedim":
+        from sinkmatch.backends.onedim import OneDimSoftmin
+
+        return OneDimSoftmin()
     from sinkmatch.backends.triton import TritonSoftmin  # raises if Triton is missing
 
     return TritonSoftmin()

@@ -1,0 +1,1 @@
+"""Converged entropic optimal transport on the line in O(N + M) memory (see docs/onedim.md)."""
