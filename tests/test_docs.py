@@ -33,14 +33,7 @@ cb = _load("codeblocks")
 
 # Blocks of pages owned by work in progress that do not pass yet, with what their owner must do.
 # Each is an xfail(strict=True): once fixed it passes, the test fails, and the entry goes.
-PENDING = {
-    "page docs/architecture.md": "line 57 is pseudo-code (`backend`, `problem` undefined): "
-    "make it a ```text block or mark it <!-- docs-test: skip: ... -->",
-    "page docs/distributed.md": "line 9 needs torchrun and NCCL: mark it "
-    "<!-- docs-test: skip: ... --> (tests/test_distributed.py runs the same calls on gloo)",
-    "docs/css_ccnn.md:9 python -m examples.css_ccnn '<command>' --help": "'<command>' is a "
-    "placeholder: write a real command (e.g. `stage2 --help`)",
-}
+PENDING: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------------------------- the build
@@ -244,7 +237,11 @@ def test_every_public_module_has_a_reference_page() -> None:
         if len(parts) > 1 and not any(p.startswith("_") for p in parts):
             modules.add(".".join(parts))
     missing = sorted(modules - directives)
-    assert not missing, f"add these modules to a page under docs/reference/: {missing}"
+    assert not missing, "no reference page for: " + "; ".join(
+        f"add `::: {m}` to docs/reference/{m.split('.')[-1]}.md and the line "
+        f"`- {m.split('.')[-1]}: reference/{m.split('.')[-1]}.md` under API reference in mkdocs.yml"
+        for m in missing
+    )
 
 
 # ------------------------------------------------------------------------------- code blocks
