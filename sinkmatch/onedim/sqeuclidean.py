@@ -342,7 +342,7 @@ class SqTransform:
 
 
 class _DirectPairs:
-    """Pairs summed term by term: the CSR operator ``D`` with entries ``e^{h_j - C_ij/eps - s_i}``."""
+    """Pairs summed term by term: the CSR operator ``D``, entries ``e^{h_j - C_ij/eps - s_i}``."""
 
     def __init__(self, tr: SqTransform, h: Tensor, tb: Tensor, sb: Tensor):
         tgt, src = tr.tgt, tr.src
