@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "as_masses",
     "as_points",
     "as_weights",
     "check_choice",
@@ -228,6 +229,46 @@ def check_finite(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} must be finite, got {n_bad} NaN/inf entries in {describe(t)}")
 
 
+def as_masses(
+    w: object | None,
+    name: str,
+    *,
+    batch: int,
+    n_points: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    check_values: bool = True,
+) -> Tensor:
+    """Nonnegative weights as given (not normalized; a zero total is allowed), ``(B, N)``.
+
+    ``None`` is uniform with total mass 1 (``1/N`` each), as in balanced OT. Arguments as in
+    :func:`as_weights`.
+
+    Raises:
+        TypeError: Not a tensor or not floating.
+        ValueError: Wrong shape or device, negative or NaN/inf entries.
+    """
+    if w is None:
+        return torch.full((batch, n_points), 1.0 / n_points, dtype=dtype, device=device)
+    if not isinstance(w, Tensor):
+        raise TypeError(f"{name} must be None or a torch.Tensor, got {describe(w)}")
+    if not w.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {describe(w)}")
+    if w.device != device:
+        raise ValueError(f"{name} must be on the points' device {device}, got {describe(w)}")
+    if w.shape not in ((n_points,), (1, n_points), (batch, n_points)):
+        raise ValueError(
+            f"{name} must have shape ({n_points},) or ({batch}, {n_points}) to match the points, "
+            f"got {describe(w)}"
+        )
+    w = w.expand(batch, n_points).to(dtype)
+    if check_values:
+        check_finite(name, w)
+        if bool((w < 0).any()):
+            raise ValueError(f"{name} must be nonnegative, got min {float(w.min())}")
+    return w
+
+
 def as_weights(
     w: object | None,
     name: str,
@@ -259,26 +300,11 @@ def as_weights(
     """
     if w is None:
         return torch.full((batch, n_points), 1.0 / n_points, dtype=dtype, device=device)
-    if not isinstance(w, Tensor):
-        raise TypeError(f"{name} must be None or a torch.Tensor, got {describe(w)}")
-    if not w.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got {describe(w)}")
-    if w.device != device:
-        raise ValueError(f"{name} must be on the points' device {device}, got {describe(w)}")
-    if w.ndim == 1 and w.shape[0] == n_points:
-        w = w.expand(batch, n_points)
-    elif w.ndim == 2 and w.shape[1] == n_points and w.shape[0] in (1, batch):
-        w = w.expand(batch, n_points)
-    else:
-        raise ValueError(
-            f"{name} must have shape ({n_points},) or ({batch}, {n_points}) to match the points, "
-            f"got {describe(w)}"
-        )
-    w = w.to(dtype)
+    w = as_masses(
+        w, name, batch=batch, n_points=n_points, dtype=dtype, device=device,
+        check_values=check_values,
+    )  # fmt: skip
     if check_values:
-        check_finite(name, w)
-        if bool((w < 0).any()):
-            raise ValueError(f"{name} must be nonnegative, got min {float(w.min())}")
         total = w.sum(-1)
         if bool((total <= 0).any()):
             bad = torch.nonzero(total <= 0).flatten().tolist()

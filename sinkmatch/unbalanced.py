@@ -52,7 +52,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from sinkmatch._checks import check_finite, check_float_tensor, describe
+from sinkmatch._checks import as_masses, describe
 from sinkmatch.backends.base import Geometry, Problem
 
 __all__ = [
@@ -105,42 +105,6 @@ def tau(eps: float, rho: float) -> float:
         (0.75, 1.0)
     """
     return 1.0 if math.isinf(rho) else rho / (rho + eps)
-
-
-def as_masses(
-    w: object | None,
-    name: str,
-    *,
-    batch: int,
-    n_points: int,
-    dtype: torch.dtype,
-    device: torch.device,
-    check_values: bool = True,
-) -> Tensor:
-    """Nonnegative weights as given (not normalized; a zero total is allowed), ``(B, N)``.
-
-    ``None`` is uniform with total mass 1 (``1/N`` each), as in balanced OT.
-
-    Raises:
-        TypeError: Not a floating tensor.
-        ValueError: Wrong shape, device, negative or NaN/inf entries.
-    """
-    if w is None:
-        return torch.full((batch, n_points), 1.0 / n_points, dtype=dtype, device=device)
-    w = check_float_tensor(name, w)
-    if w.device != device:
-        raise ValueError(f"{name} must be on the points' device {device}, got {describe(w)}")
-    if w.shape not in ((n_points,), (1, n_points), (batch, n_points)):
-        raise ValueError(
-            f"{name} must have shape ({n_points},) or ({batch}, {n_points}) to match the points, "
-            f"got {describe(w)}"
-        )
-    w = w.expand(batch, n_points).to(dtype)
-    if check_values:
-        check_finite(name, w)
-        if bool((w < 0).any()):
-            raise ValueError(f"{name} must be nonnegative, got min {float(w.min())}")
-    return w
 
 
 def _damp(pot: Tensor, eps: float, rho: float) -> Tensor:
