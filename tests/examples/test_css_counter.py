@@ -30,13 +30,7 @@ from examples.css_ccnn.model import CSSCCNN
 cv2 = pytest.importorskip("cv2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One CPU thread (the machines running the tests are shared and small)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
