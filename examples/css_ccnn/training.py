@@ -42,7 +42,7 @@ from .checkpoint import (
     remove_stale_temporaries,
     restore_rng,
 )
-from .config import Config, config_to_dict, save_config
+from .config import Config, config_to_dict, save_config, validate_config
 from .data.datasets import CrowdDataset, require_labeled, require_unlabeled
 from .model import CSSCCNN, load_stage1_fen
 from .prepare import ImageBank, split_train_val
@@ -427,21 +427,6 @@ class Run:
         )
 
 
-def _section_name(cfg: Config, section: Any) -> str:
-    for name in ("stage1", "stage2", "baselines"):
-        if getattr(cfg, name, None) is section:
-            return name
-    return "section"
-
-
-def _check_section(cfg: Config, section: Any) -> None:
-    name = _section_name(cfg, section)
-    for key in ("epochs", "patience"):
-        value = getattr(section, key)
-        if value < 1:
-            raise ValueError(f"{name}.{key} must be >= 1, got {value}")
-
-
 def setup_run(
     dataset: CrowdDataset,
     cfg: Config,
@@ -484,7 +469,7 @@ def setup_run(
         meta: trainer-specific checkpoint metadata (``stage``, ``variant``, ...).
     """
     (require_labeled if labels else require_unlabeled)(dataset, what)
-    _check_section(cfg, section)
+    validate_config(cfg)  # a config edited after make_config: epochs, patience, ...
     out_dir = Path(out_dir)
     meta = {
         **(meta or {}),
